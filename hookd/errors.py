@@ -1,0 +1,56 @@
+"""Error types. A target classifies each failure once; the pusher acts on the class."""
+
+from __future__ import annotations
+
+
+class HookdError(Exception):
+    """Base class for every error hookd reports to a user."""
+
+    def __str__(self) -> str:
+        return f"error: {super().__str__()}"
+
+
+class ConfigError(HookdError):
+    """The configuration (file, key or value) is wrong; the message says which and what is expected."""
+
+
+class NixError(HookdError):
+    """A nix CLI call failed or timed out."""
+
+
+class PushError(HookdError):
+    """A push to a target failed. Subclasses say what the pusher does about it."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransientError(PushError):
+    """Connect errors, timeouts, resets, 5xx, 408, 429: retried with backoff, then a due time."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class AuthError(PushError):
+    """401/403: the token is missing, invalid or lacks a permission. Parked until the token changes."""
+
+
+class ParkedError(PushError):
+    """The target cannot accept anything until a person acts (e.g. the cache does not exist)."""
+
+
+class PermanentError(PushError):
+    """This path can never be pushed as things stand (e.g. 413 from a proxy). Dead-lettered."""
+
+
+class CorruptUploadError(PushError):
+    """The server or the local stream disagreed on a NAR hash/size: retried once, then failed."""

@@ -1,0 +1,215 @@
+"""Every call of the nix CLI. Each has a timeout and returns typed values, never raw processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hookd.errors import NixError
+from hookd.models import Derivation, PathInfo, sha256_digest
+
+log = structlog.get_logger("hookd.nix")
+
+# path-info and friends take paths on argv; stay well under ARG_MAX.
+ARG_CHUNK = 1000
+DUMP_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Nix:
+    """Where the nix binaries live and how long a call may take."""
+
+    bin_dir: Path | None = None
+    timeout: float = 120.0
+    dump_timeout: float = 3600.0
+
+    def exe(self, name: str) -> str:
+        return str(self.bin_dir / name) if self.bin_dir else name
+
+    def env(self) -> dict[str, str]:
+        # The hook's NIX_CONFIG carries the whole daemon config (post-build-hook included);
+        # never let a child nix re-run our hook or inherit secrets from our environment.
+        keep = ("PATH", "HOME", "NIX_REMOTE", "NIX_STORE_DIR", "NIX_STATE_DIR", "NIX_CONF_DIR",
+                "NIX_USER_CONF_FILES", "TMPDIR", "LANG", "LC_ALL", "XDG_CACHE_HOME")
+        env = {k: v for k, v in os.environ.items() if k in keep}
+        env["NIX_CONFIG"] = "post-build-hook =\nexperimental-features = nix-command"
+        return env
+
+    # -- synchronous core ------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True) -> str:
+        argv = [self.exe(argv[0]), *argv[1:]]
+        log.debug("nix.run", argv=argv)
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, errors="surrogateescape",
+                timeout=timeout or self.timeout, env=self.env(), check=False, stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise NixError(f"`{' '.join(argv[:3])} …` timed out after {timeout or self.timeout:.0f} s") from None
+        except FileNotFoundError:
+            raise NixError(f"{argv[0]}: not found; install Nix or set nix.bin_dir") from None
+        if check and proc.returncode != 0:
+            raise NixError(f"`{' '.join(argv[:3])} …` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        return proc.stdout
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def path_info(self, paths: Iterable[str], *, recursive: bool = False) -> list[PathInfo]:
+        """``nix path-info [--recursive] --json``; invalid paths are left out (not raised)."""
+        result: dict[str, PathInfo] = {}
+        paths = list(dict.fromkeys(paths))
+        for i in range(0, len(paths), ARG_CHUNK):
+            argv = ["nix", "path-info", "--json"] + (["--recursive"] if recursive else [])
+            out = self.run([*argv, "--", *paths[i : i + ARG_CHUNK]], check=False)
+            for info in parse_path_info(out):
+                result[info.path] = info
+        return list(result.values())
+
+    def query_outputs(self, drv_path: str) -> list[str]:
+        out = self.run(["nix-store", "--query", "--outputs", drv_path])
+        return [line for line in out.splitlines() if line]
+
+    def show_derivation(self, drv_path: str) -> Derivation:
+        out = self.run(["nix", "show-derivation", drv_path])
+        return parse_show_derivation(out, drv_path)
+
+    def valid_paths(self, paths: Iterable[str]) -> set[str]:
+        return {info.path for info in self.path_info(paths)}
+
+    def store_dir(self) -> str:
+        return os.environ.get("NIX_STORE_DIR", "/nix/store")
+
+    def paths_registered_since(self, since: float) -> list[PathInfo]:
+        """All valid store paths registered at or after ``since`` (seconds since the epoch)."""
+        out = self.run(["nix", "path-info", "--json", "--all"], timeout=max(self.timeout, 600))
+        return [p for p in parse_path_info(out) if (p.registration_time or 0) >= since]
+
+    # -- keys, signing, copying ------------------------------------------------------------
+
+    def generate_key(self, name: str, secret: Path, public: Path) -> None:
+        self.run(["nix-store", "--generate-binary-cache-key", name, str(secret), str(public)])
+
+    def copy_to(self, url: str, paths: Sequence[str]) -> None:
+        for i in range(0, len(paths), ARG_CHUNK):
+            self.run(["nix", "copy", "--no-check-sigs", "--to", url, "--", *paths[i : i + ARG_CHUNK]],
+                     timeout=self.dump_timeout)
+
+    def add_indirect_root(self, root: Path, path: str) -> None:
+        self.run(["nix-store", "--realise", "--add-root", str(root), "--indirect", path])
+
+    # -- async wrappers --------------------------------------------------------------------
+
+    async def apath_info(self, paths: Iterable[str], *, recursive: bool = False) -> list[PathInfo]:
+        return await asyncio.to_thread(self.path_info, list(paths), recursive=recursive)
+
+    @contextlib.asynccontextmanager
+    async def dump(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream the NAR of ``path`` (``nix-store --dump``) in 1 MiB chunks, never whole in memory.
+
+        The caller must consume the iterator; on exit the process is reaped (killed if the caller
+        stopped early) and a non-zero exit raises NixError.
+        """
+        proc = await asyncio.create_subprocess_exec(
+            self.exe("nix-store"), "--dump", path,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env(),
+            limit=DUMP_CHUNK,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        stdout, stderr = proc.stdout, proc.stderr
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                block = await asyncio.wait_for(stdout.read(DUMP_CHUNK), self.dump_timeout)
+                if not block:
+                    return
+                yield block
+
+        finished = False
+        try:
+            yield chunks()
+            finished = True
+        finally:
+            if proc.returncode is None and not finished:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            err = await stderr.read()
+            rc = await proc.wait()
+            if finished and rc != 0:
+                raise NixError(f"nix-store --dump {path} failed ({rc}): {err.decode(errors='replace').strip()}")
+
+
+def parse_path_info(text: str) -> list[PathInfo]:
+    """Parse ``nix path-info --json``: the 2.8 list form and the newer object form (keyed by path)."""
+    if not text.strip():
+        return []
+    data: Any = json.loads(text)
+    items: list[tuple[str, dict[str, Any]]]
+    if isinstance(data, list):
+        items = [(d.get("path", ""), d) for d in data]
+    elif isinstance(data, dict):
+        items = [(k, v if isinstance(v, dict) else {"valid": False}) for k, v in data.items()]
+    else:
+        raise NixError(f"unexpected path-info JSON of type {type(data).__name__}")
+    infos = []
+    for path, d in items:
+        if d.get("valid") is False or "narHash" not in d:
+            continue
+        infos.append(
+            PathInfo(
+                path=path,
+                nar_hash=_nar_hash(d["narHash"]),
+                nar_size=int(d["narSize"]),
+                references=tuple(_full(r, path) for r in d.get("references", [])),
+                deriver=_full(d["deriver"], path) if d.get("deriver") else None,
+                signatures=tuple(d.get("signatures", []) or []),
+                ca=_ca(d.get("ca")),
+                registration_time=d.get("registrationTime"),
+                ultimate=bool(d.get("ultimate", False)),
+            )
+        )
+    return infos
+
+
+def _nar_hash(value: Any) -> bytes:
+    # Newer Nix may give a structured hash {"algorithm": "sha256", "hash": "<b64>"} (or similar).
+    if isinstance(value, dict):
+        algo = value.get("algorithm") or value.get("algo")
+        if algo != "sha256":
+            raise NixError(f"unsupported narHash algorithm {algo!r}")
+        import base64
+
+        return base64.b64decode(value["hash"])
+    return sha256_digest(str(value))
+
+
+def _ca(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return None  # structured CA (newer Nix) is not needed for pushing; Attic takes the string form
+
+
+def _full(ref: str, path: str) -> str:
+    """Newer Nix prints references as basenames; 2.8 prints full paths."""
+    return ref if ref.startswith("/") else os.path.join(os.path.dirname(path), ref)
+
+
+def parse_show_derivation(text: str, drv_path: str) -> Derivation:
+    data = json.loads(text)
+    drv = data.get(drv_path) or next(iter(data.values()))
+    outputs = {name: o.get("path", "") for name, o in drv.get("outputs", {}).items()}
+    fixed = any("hash" in o for o in drv.get("outputs", {}).values())
+    env = drv.get("env", {})
+    base = os.path.basename(drv_path)
+    name = base.split("-", 1)[1].removesuffix(".drv") if "-" in base else base
+    return Derivation(path=drv_path, outputs=outputs, name=name, fixed_output=fixed,
+                      env_name=env.get("name", name))

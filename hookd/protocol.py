@@ -1,0 +1,122 @@
+"""The socket wire format shared by hook, daemon and CLI. Standard library only.
+
+One request per line, one reply per line (NDJSON). Every message carries ``"v": 1``.
+
+Requests::
+
+    {"v":1,"op":"enqueue","drv_path":"/nix/store/…drv","out_paths":["/nix/store/…"],"source":"hook"}
+    {"v":1,"op":"ping"}
+    {"v":1,"op":"status"}
+    {"v":1,"op":"wait","timeout":30}
+    {"v":1,"op":"retry","paths":[…]}          # or "all": true
+    {"v":1,"op":"drop","paths":[…]}
+    {"v":1,"op":"backfill","since":1700000000}
+
+Replies::
+
+    {"v":1,"ok":true, …}
+    {"v":1,"ok":false,"error":"<code>","message":"<text>"}
+
+``enqueue`` is answered only after the request is committed to the durable queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_STORE_DIR = "/nix/store"
+OPS = frozenset({"enqueue", "ping", "status", "wait", "retry", "drop", "backfill"})
+
+# Nix's store path name rules: hash part is 32 nix-base32 chars; name is [A-Za-z0-9+\-._?=]+,
+# at most 211 chars, and must not start with a dot.
+_HASH_RE = re.compile(r"[0-9a-df-np-sv-z]{32}")
+_NAME_RE = re.compile(r"[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}")
+
+
+class ProtocolError(ValueError):
+    """A request or path that the daemon refuses; ``code`` is a stable machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def store_dir() -> str:
+    return os.environ.get("NIX_STORE_DIR", DEFAULT_STORE_DIR).rstrip("/") or DEFAULT_STORE_DIR
+
+
+def validate_store_path(path: object, store: str | None = None) -> str:
+    """Return ``path`` if it names a top-level store path, else raise ProtocolError."""
+    store = store or store_dir()
+    if not isinstance(path, str):
+        raise ProtocolError("bad-path", f"store path must be a string, got {type(path).__name__}")
+    if "\x00" in path:
+        raise ProtocolError("bad-path", "store path contains a NUL byte")
+    if not path.startswith("/"):
+        raise ProtocolError("bad-path", f"relative path refused: {path!r}")
+    if "/../" in path + "/" or "/./" in path + "/" or "//" in path:
+        raise ProtocolError("bad-path", f"path with '..', '.' or '//' refused: {path!r}")
+    prefix = store + "/"
+    if not path.startswith(prefix):
+        raise ProtocolError("outside-store", f"path outside the store directory {store}: {path!r}")
+    base = path[len(prefix) :]
+    if "/" in base:
+        raise ProtocolError("bad-path", f"not a top-level store path (has a subpath): {path!r}")
+    hash_part, dash, name = base.partition("-")
+    if not dash or not _HASH_RE.fullmatch(hash_part) or not _NAME_RE.fullmatch(name):
+        raise ProtocolError("bad-store-path", f"invalid store path name: {base!r}")
+    return path
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_request(line: bytes) -> dict[str, Any]:
+    """Parse one request line; raise ProtocolError with a precise reason on anything malformed."""
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too-large", f"request exceeds {MAX_MESSAGE_BYTES} bytes")
+    try:
+        message = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError("bad-json", f"request is not valid JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad-request", "request must be a JSON object")
+    if message.get("v") != VERSION:
+        raise ProtocolError(
+            "bad-version", f"unsupported protocol version {message.get('v')!r} (want {VERSION})"
+        )
+    op = message.get("op")
+    if op not in OPS:
+        raise ProtocolError("bad-op", f"unknown op {op!r}; known: {', '.join(sorted(OPS))}")
+    if op == "enqueue":
+        _check_enqueue(message)
+    return message
+
+
+def _check_enqueue(message: dict[str, Any]) -> None:
+    drv = message.get("drv_path")
+    outs = message.get("out_paths", [])
+    if drv is not None:
+        validate_store_path(drv)
+        if not drv.endswith(".drv"):
+            raise ProtocolError("bad-drv", f"drv_path does not end in .drv: {drv!r}")
+    if not isinstance(outs, list):
+        raise ProtocolError("bad-request", "out_paths must be a list of store paths")
+    for p in outs:
+        validate_store_path(p)
+    if drv is None and not outs:
+        raise ProtocolError("bad-request", "enqueue needs drv_path or out_paths")
+    source = message.get("source", "hook")
+    if not isinstance(source, str) or len(source) > 64:
+        raise ProtocolError("bad-request", "source must be a short string")
+
+
+def error_reply(code: str, message: str) -> bytes:
+    return encode({"ok": False, "error": code, "message": message})
