@@ -42,6 +42,7 @@ UPLOAD_KEYS = {
     "breaker_threshold",
     "breaker_cooldown",
     "ignore_upstream",
+    "stop_timeout",
 }
 NIX_KEYS = {"bin_dir", "timeout", "dump_timeout", "gc_roots"}
 LOG_KEYS = {"format", "level"}
@@ -101,6 +102,7 @@ class UploadConfig:
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     ignore_upstream: bool = False
+    stop_timeout: float = 20.0  # on SIGTERM, in-flight uploads get this long; the rest stays queued
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,11 @@ class Config:
 
     @property
     def gc_roots_dir(self) -> Path:
-        return self.state_dir / "gcroots"
+        nix_state = Path(os.environ.get("NIX_STATE_DIR", "/nix/var/nix"))
+        if is_root():
+            return nix_state / "gcroots" / "hookd"
+        user = os.environ.get("USER") or str(os.geteuid())
+        return nix_state / "gcroots" / "per-user" / user / "hookd"
 
 
 def is_root() -> bool:

@@ -104,8 +104,13 @@ class Nix:
             self.run(["nix", "copy", "--no-check-sigs", "--to", url, "--", *paths[i : i + ARG_CHUNK]],
                      timeout=self.dump_timeout)
 
-    def add_indirect_root(self, root: Path, path: str) -> None:
-        self.run(["nix-store", "--realise", "--add-root", str(root), "--indirect", path])
+    def sign(self, paths: Sequence[str], key_file: Path) -> None:
+        for i in range(0, len(paths), ARG_CHUNK):
+            self.run(["nix", "store", "sign", "--key-file", str(key_file), "--", *paths[i : i + ARG_CHUNK]])
+
+    def store_info(self, url: str) -> str:
+        """`nix store ping --store URL`: reach a store (2.8 prints on stderr)."""
+        return self.run(["nix", "store", "ping", "--store", url])
 
     # -- async wrappers --------------------------------------------------------------------
 

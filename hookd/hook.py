@@ -1,0 +1,129 @@
+"""The post-build hook: hand the build's paths to the daemon, or to the spool, then exit 0.
+
+Standard library only, and nothing from the hookd package: it runs once per build as root inside
+nix-daemon, so it must start fast (it can run as ``python3 -I -S hook.py``). Contract:
+
+- reads ``DRV_PATH`` and ``OUT_PATHS`` (empty on Nix 2.8, NixOS/nix#6446: the daemon then
+  resolves the outputs from the .drv);
+- sends one NDJSON ``enqueue`` request over the Unix socket and waits for the acknowledgement,
+  which the daemon sends only after the request is committed to its durable queue;
+- the whole call is bounded by 2 s; if the socket is missing, refuses, times out or answers an
+  error, the request is written atomically (temp file, fsync, rename) into the spool directory,
+  which the daemon imports at start and while it runs;
+- prints at most one short line to stderr, and exits 0 in every case, its own bugs included:
+  a failing post-build hook would abort the user's build.
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+
+DEFAULT_SOCKET = "/run/hookd/hookd.sock"
+DEFAULT_SPOOL = "/var/lib/hookd/spool"
+BUDGET = 1.8  # seconds for connect + send + ack; interpreter start-up takes the rest of the 2 s
+
+
+def _arg(argv, flag, env, default):
+    if flag in argv:
+        i = argv.index(flag)
+        if i + 1 < len(argv):
+            return argv[i + 1]
+    for a in argv:
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return os.environ.get(env) or default
+
+
+def _request():
+    drv = os.environ.get("DRV_PATH", "").strip()
+    outs = os.environ.get("OUT_PATHS", "").split()
+    message = {"v": 1, "op": "enqueue", "source": "hook", "out_paths": outs}
+    if drv:
+        message["drv_path"] = drv
+    return message
+
+
+def _send(sock_path, payload, deadline):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(max(0.05, deadline - time.monotonic()))
+        s.connect(sock_path)
+        s.sendall(payload)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        s.close()
+    answer = json.loads(reply) if reply else {}
+    if not answer.get("ok"):
+        raise RuntimeError(answer.get("message") or "no acknowledgement from the daemon")
+
+
+def _spool(spool_dir, payload):
+    os.makedirs(spool_dir, mode=0o755, exist_ok=True)
+    name = "%d-%d.json" % (time.time_ns(), os.getpid())
+    tmp = os.path.join(spool_dir, "." + name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    final = os.path.join(spool_dir, name)
+    os.rename(tmp, final)
+    dfd = os.open(spool_dir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return final
+
+
+def run(argv):
+    deadline = time.monotonic() + BUDGET
+    message = _request()
+    if not message.get("drv_path") and not message["out_paths"]:
+        sys.stderr.write("hookd-hook: DRV_PATH and OUT_PATHS are empty; nothing to queue\n")
+        return
+    payload = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+    sock_path = _arg(argv, "--socket", "HOOKD_SOCKET", DEFAULT_SOCKET)
+    try:
+        _send(sock_path, payload, deadline)
+        return
+    except Exception as e:
+        reason = "%s: %s" % (type(e).__name__, e) if str(e) else type(e).__name__
+    spool_dir = _arg(argv, "--spool", "HOOKD_SPOOL_DIR", DEFAULT_SPOOL)
+    try:
+        where = _spool(spool_dir, payload)
+        sys.stderr.write("hookd-hook: daemon not reachable (%s); spooled to %s\n" % (reason, where))
+    except Exception as e:
+        sys.stderr.write(
+            "hookd-hook: daemon not reachable (%s) and spool failed (%s); "
+            "run `hookd backfill` to catch up\n" % (reason, e)
+        )
+
+
+def main(argv=None):
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except BaseException as e:  # never fail the build, whatever happened
+        try:
+            sys.stderr.write("hookd-hook: internal error: %r\n" % (e,))
+        except BaseException:
+            pass
+    try:
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    main()
+    os._exit(0)

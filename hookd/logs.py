@@ -1,0 +1,30 @@
+"""structlog set-up: JSON lines when not on a TTY (journald, launchd), readable console otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def setup_logging(fmt: str = "auto", level: str = "info", stream: object = None) -> None:
+    stream = stream or sys.stderr
+    json_lines = fmt == "json" or (fmt == "auto" and not getattr(stream, "isatty", lambda: False)())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),  # type: ignore[arg-type]
+        cache_logger_on_first_use=False,
+    )

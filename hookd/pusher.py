@@ -1,0 +1,257 @@
+"""Closure → per-target plan → push, and the retry policy: the one place failures are acted on.
+
+Each target has its own worker, so a dead server never stalls the others; targets that share a
+server also share a circuit breaker, so a dead server is not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from hookd.errors import AuthError, CorruptUploadError, NixError, ParkedError, PushError, TransientError
+from hookd.models import PathInfo
+from hookd.nix import Nix
+from hookd.queue import FAILED, PARKED, PENDING, Item, Queue
+from hookd.targets.base import Target
+
+log = structlog.get_logger("hookd.pusher")
+
+PARK_RECHECK = 900.0  # a parked target is probed again after this long even if nothing changed
+
+
+@dataclass
+class Breaker:
+    """Per-server circuit breaker: opens after ``threshold`` consecutive transient failures."""
+
+    threshold: int
+    cooldown: float
+    max_cooldown: float
+    failures: int = 0
+    open_until: float = 0.0
+    opened: int = 0
+
+    def allow(self) -> float:
+        """0 if a request may go now, else seconds to wait."""
+        return max(0.0, self.open_until - time.monotonic())
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened = 0
+        self.open_until = 0.0
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            wait = min(self.max_cooldown, self.cooldown * (2**self.opened))
+            self.open_until = time.monotonic() + wait
+            self.opened += 1
+            self.failures = 0
+            log.warning("breaker.open", seconds=round(wait, 1))
+
+    @property
+    def state(self) -> str:
+        return "open" if self.allow() > 0 else "closed"
+
+
+@dataclass
+class Backoff:
+    minimum: float
+    maximum: float
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        base = min(self.maximum, self.minimum * (2 ** min(attempts, 30)))
+        jittered = base * self.rng.uniform(0.5, 1.0)
+        return min(self.maximum, max(jittered, retry_after or 0.0))
+
+
+def closure_of(root: str, graph: dict[str, PathInfo]) -> set[str]:
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        p = stack.pop()
+        if p in seen or p not in graph:
+            continue
+        seen.add(p)
+        stack.extend(r for r in graph[p].references if r not in seen)
+    return seen
+
+
+@dataclass
+class TargetStats:
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    pushed_paths: int = 0
+    pushed_bytes: int = 0
+
+
+class TargetWorker:
+    """Claims due items of one target, computes their closure and pushes what the target lacks."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        queue: Queue,
+        nix: Nix,
+        breaker: Breaker,
+        backoff: Backoff,
+        batch_size: int,
+        on_progress: Callable[[], None],
+    ) -> None:
+        self.target = target
+        self.queue = queue
+        self.nix = nix
+        self.breaker = breaker
+        self.backoff = backoff
+        self.batch_size = batch_size
+        self.wake = asyncio.Event()
+        self.progress = on_progress
+        self.stats = TargetStats()
+        self.busy = False
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            wait = self.breaker.allow()
+            if wait > 0:
+                await self._sleep(wait, stopping)
+                continue
+            items = await self.queue.claim(self.target.id, self.batch_size)
+            if not items:
+                nxt = await self.queue.next_due(self.target.id)
+                timeout = None if nxt is None else max(0.05, nxt - time.time())
+                await self._sleep(timeout, stopping)
+                continue
+            self.busy = True
+            try:
+                await self.push_batch(items)
+            finally:
+                self.busy = False
+                self.progress()
+
+    async def _sleep(self, timeout: float | None, stopping: asyncio.Event) -> None:
+        self.wake.clear()
+        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stopping.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def push_batch(self, items: Sequence[Item]) -> None:
+        tid = self.target.id
+        roots = [i.path for i in items]
+        attempts = {i.path: i.attempts for i in items}
+        try:
+            infos = await self.nix.apath_info(roots, recursive=True)
+        except NixError as e:
+            await self._transient(roots, attempts, TransientError(f"nix path-info failed: {e}"))
+            return
+        graph = {i.path: i for i in infos}
+        gone = [r for r in roots if r not in graph]
+        if gone:
+            for path in gone:
+                log.warning("skip.gone", path=path, target=tid, reason="no longer valid (garbage-collected?)")
+            await self.queue.reschedule(
+                tid, gone, state=FAILED, due=0, reason="path is no longer valid in the local store"
+            )
+        live = [r for r in roots if r in graph]
+        if not live:
+            return
+        closures = {r: closure_of(r, graph) for r in live}
+        wanted = set().union(*closures.values())
+        known = await self.queue.known_pushed(tid, wanted)
+        needed = [graph[p] for p in sorted(wanted - known)]
+        start = time.monotonic()
+        if not needed:  # the whole closure is known to be there: no request at all
+            await self.queue.mark_done(tid, live, ())
+            return
+        try:
+            report = await self.target.push(needed)
+        except TransientError as e:
+            self.breaker.failure()
+            await self._transient(live, attempts, e)
+            return
+        except (AuthError, ParkedError) as e:
+            await self._park(live, e)
+            return
+        except PushError as e:
+            await self._fail(live, e)
+            return
+        except Exception as e:  # a bug in a target must not lose the paths: keep them queued
+            log.exception("push.bug", target=tid)
+            await self._transient(live, attempts, TransientError(f"internal error: {type(e).__name__}: {e}"))
+            return
+        self.breaker.success()
+        ok = set(report.uploaded) | set(report.present) | set(report.upstream)
+        await self.queue.record_pushed(tid, ok | (known & wanted))
+        done, by_error = [], {}
+        for root in live:
+            failed = [p for p in closures[root] if p in report.failed]
+            if not failed:
+                done.append(root)
+            else:
+                by_error.setdefault(root, report.failed[failed[0]])
+        if done:
+            await self.queue.mark_done(tid, done, ())
+        for root, err in by_error.items():
+            await self._apply(root, attempts, err)
+        elapsed = int((time.monotonic() - start) * 1000)
+        self.stats.last_success = time.time()
+        self.stats.pushed_paths += len(report.uploaded)
+        self.stats.pushed_bytes += report.bytes_sent
+        log.info(
+            "batch",
+            target=tid,
+            roots=len(live),
+            closure=len(wanted),
+            asked=len(needed),
+            uploaded=len(report.uploaded),
+            present=len(report.present),
+            upstream=len(report.upstream),
+            failed=len(report.failed),
+            bytes=report.bytes_sent,
+            ms=elapsed,
+        )
+
+    async def _apply(self, root: str, attempts: dict[str, int], err: Exception) -> None:
+        if isinstance(err, TransientError):
+            await self._transient([root], attempts, err)
+        elif isinstance(err, AuthError | ParkedError):
+            await self._park([root], err)
+        elif isinstance(err, CorruptUploadError) and attempts.get(root, 0) < 1:
+            await self._transient([root], attempts, err)  # one more try, then it fails for good
+        else:
+            await self._fail([root], err if isinstance(err, PushError) else PushError(str(err)))
+
+    def _note(self, err: Exception) -> None:
+        self.stats.last_error = str(err)
+        self.stats.last_error_at = time.time()
+
+    async def _transient(self, roots: Sequence[str], attempts: dict[str, int], err: TransientError | PushError) -> None:
+        self._note(err)
+        retry_after = err.retry_after if isinstance(err, TransientError) else None
+        worst = max((attempts.get(r, 0) for r in roots), default=0)
+        delay = self.backoff.delay(worst, retry_after)
+        log.warning("push.retry", target=self.target.id, paths=len(roots), seconds=round(delay, 1), error=str(err))
+        await self.queue.reschedule(self.target.id, roots, state=PENDING, due=time.time() + delay, reason=str(err))
+
+    async def _park(self, roots: Sequence[str], err: PushError) -> None:
+        self._note(err)
+        log.error("push.parked", target=self.target.id, paths=len(roots), error=str(err))
+        await self.queue.reschedule(
+            self.target.id, roots, state=PARKED, due=time.time() + PARK_RECHECK, reason=str(err)
+        )
+
+    async def _fail(self, roots: Sequence[str], err: PushError) -> None:
+        self._note(err)
+        for root in roots:
+            log.error("push.failed", path=root, target=self.target.id, error=str(err))
+        await self.queue.reschedule(self.target.id, roots, state=FAILED, due=0, reason=str(err))

@@ -1,0 +1,480 @@
+"""The durable queue: the only module that touches SQLite.
+
+One connection, owned by one writer thread. Every operation is a function submitted to that
+thread; the thread runs everything that is waiting in a single transaction (group commit), so a
+burst of concurrent hooks costs one fsync and never meets SQLITE_BUSY. A caller's future resolves
+only after the transaction that holds its operation has committed.
+
+Tables:
+- ``requests``: announcements as the hook sent them (drv + outputs), waiting to be resolved.
+- ``items``: one row per (root path, target): pending / done / failed / parked, with attempts,
+  a due time for the next try and the last reason.
+- ``pushed``: every path a target is known to have (closure members included), so later
+  closures do not ask again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue as stdqueue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+  id INTEGER PRIMARY KEY,
+  drv_path TEXT NOT NULL DEFAULT '',
+  out_paths TEXT NOT NULL,
+  source TEXT NOT NULL,
+  received REAL NOT NULL,
+  due REAL NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  UNIQUE (drv_path, out_paths)
+);
+CREATE TABLE IF NOT EXISTS items (
+  path TEXT NOT NULL,
+  target TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed', 'parked')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  due REAL NOT NULL DEFAULT 0,
+  reason TEXT,
+  added REAL NOT NULL,
+  updated REAL NOT NULL,
+  PRIMARY KEY (path, target)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_by_due ON items (target, state, due);
+CREATE TABLE IF NOT EXISTS pushed (
+  path TEXT NOT NULL,
+  target TEXT NOT NULL,
+  at REAL NOT NULL,
+  PRIMARY KEY (target, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS skipped (
+  path TEXT PRIMARY KEY,
+  reason TEXT NOT NULL,
+  at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+PENDING, DONE, FAILED, PARKED = "pending", "done", "failed", "parked"
+MAX_GROUP = 512
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    drv_path: str | None
+    out_paths: tuple[str, ...]
+    source: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    target: str
+    state: str
+    attempts: int
+    due: float
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class TargetCounts:
+    target: str
+    pending: int = 0
+    done: int = 0
+    failed: int = 0
+    parked: int = 0
+    oldest_pending: float | None = None
+
+
+class Queue:
+    """The queue. ``open()`` starts the writer thread; every public method is a coroutine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ops: stdqueue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = (
+            stdqueue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self.commits = 0  # number of transactions committed (for tests and status)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> Queue:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._writer, args=(ready,), name="hookd-queue", daemon=True)
+        self._thread.start()
+        ready.result()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._ops.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged enqueue must survive power loss, not only a crash of the process.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def _writer(self, ready: Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as e:
+            ready.set_exception(e)
+            return
+        ready.set_result(None)
+        while True:
+            first = self._ops.get()
+            if first is None:
+                break
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self._ops.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            self._run_group(conn, group)
+            if stop:
+                break
+        conn.close()
+
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]
+    ) -> None:
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for fn, fut in group:
+            conn.execute("SAVEPOINT op")
+            try:
+                results.append((fut, fn(conn), None))
+                conn.execute("RELEASE op")
+            except Exception as e:  # one bad operation must not sink the others in its group
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                results.append((fut, None, e))
+        try:
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as e:
+            conn.execute("ROLLBACK")
+            for fut, _, _ in results:
+                fut.set_exception(e)
+            return
+        for fut, value, err in results:
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(value)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        fut: Future[T] = Future()
+        self._ops.put((fn, fut))
+        return await asyncio.wrap_future(fut)
+
+    def call_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        fut: Future[T] = Future()
+        self._ops.put((fn, fut))
+        return fut.result()
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def add_request(self, drv_path: str | None, out_paths: Sequence[str], source: str) -> bool:
+        """Record one announcement durably. Returns False when it was already queued (idempotent)."""
+        outs = json.dumps(sorted(set(out_paths)))
+        now = time.time()
+
+        def op(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO requests (drv_path, out_paths, source, received) VALUES (?, ?, ?, ?)",
+                (drv_path or "", outs, source, now),
+            )
+            return cur.rowcount > 0
+
+        return await self._call(op)
+
+    async def add_requests(self, requests: Iterable[tuple[str | None, Sequence[str], str]]) -> int:
+        rows = [(d or "", json.dumps(sorted(set(o))), s, time.time()) for d, o, s in requests]
+
+        def op(c: sqlite3.Connection) -> int:
+            before = c.total_changes
+            c.executemany(
+                "INSERT OR IGNORE INTO requests (drv_path, out_paths, source, received) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            return c.total_changes - before
+
+        return await self._call(op)
+
+    async def due_requests(self, limit: int = 256) -> list[Request]:
+        now = time.time()
+
+        def op(c: sqlite3.Connection) -> list[Request]:
+            rows = c.execute(
+                "SELECT id, drv_path, out_paths, source, attempts FROM requests WHERE due <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [Request(r[0], r[1] or None, tuple(json.loads(r[2])), r[3], r[4]) for r in rows]
+
+        return await self._call(op)
+
+    async def resolve_request(
+        self, request_id: int, paths: Sequence[str], targets: Sequence[str], skipped: dict[str, str]
+    ) -> int:
+        """Replace a request by its items (one per path and target), in one transaction."""
+        now = time.time()
+
+        def op(c: sqlite3.Connection) -> int:
+            before = c.total_changes
+            c.executemany(
+                "INSERT OR IGNORE INTO items (path, target, state, due, added, updated) VALUES (?, ?, 'pending', 0, ?, ?)",
+                [(p, t, now, now) for p in paths for t in targets],
+            )
+            added = c.total_changes - before
+            c.executemany(
+                "INSERT OR REPLACE INTO skipped (path, reason, at) VALUES (?, ?, ?)",
+                [(p, r, now) for p, r in skipped.items()],
+            )
+            c.execute("DELETE FROM requests WHERE id = ?", (request_id,))
+            return added
+
+        return await self._call(op)
+
+    async def defer_request(self, request_id: int, due: float) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE requests SET due = ?, attempts = attempts + 1 WHERE id = ?", (due, request_id))
+
+        await self._call(op)
+
+    async def drop_request(self, request_id: int) -> None:
+        await self._call(lambda c: c.execute("DELETE FROM requests WHERE id = ?", (request_id,)))
+
+    # -- items -------------------------------------------------------------------------
+
+    async def claim(self, target: str, limit: int) -> list[Item]:
+        """Due work for one target: pending items, and parked items whose re-check time has come."""
+        now = time.time()
+
+        def op(c: sqlite3.Connection) -> list[Item]:
+            rows = c.execute(
+                "SELECT path, target, state, attempts, due, reason FROM items "
+                "WHERE target = ? AND state IN ('pending', 'parked') AND due <= ? ORDER BY due, added LIMIT ?",
+                (target, now, limit),
+            ).fetchall()
+            return [Item(*r) for r in rows]
+
+        return await self._call(op)
+
+    async def next_due(self, target: str) -> float | None:
+        def op(c: sqlite3.Connection) -> float | None:
+            row = c.execute(
+                "SELECT MIN(due) FROM items WHERE target = ? AND state IN ('pending', 'parked')", (target,)
+            ).fetchone()
+            return row[0] if row else None
+
+        return await self._call(op)
+
+    async def mark_done(self, target: str, roots: Sequence[str], pushed: Iterable[str]) -> None:
+        now = time.time()
+        pushed_rows = [(p, target, now) for p in set(pushed) | set(roots)]
+
+        def op(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT OR IGNORE INTO pushed (path, target, at) VALUES (?, ?, ?)", pushed_rows)
+            c.executemany(
+                "UPDATE items SET state = 'done', reason = NULL, updated = ? WHERE path = ? AND target = ?",
+                [(now, p, target) for p in roots],
+            )
+
+        await self._call(op)
+
+    async def record_pushed(self, target: str, paths: Iterable[str]) -> None:
+        now = time.time()
+        rows = [(p, target, now) for p in set(paths)]
+        await self._call(
+            lambda c: c.executemany("INSERT OR IGNORE INTO pushed (path, target, at) VALUES (?, ?, ?)", rows)
+        )
+
+    async def reschedule(
+        self, target: str, paths: Sequence[str], *, state: str, due: float, reason: str, count_attempt: bool = True
+    ) -> None:
+        now = time.time()
+        inc = 1 if count_attempt else 0
+
+        def op(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE items SET state = ?, due = ?, reason = ?, attempts = attempts + ?, updated = ? "
+                "WHERE path = ? AND target = ?",
+                [(state, due, reason, inc, now, p, target) for p in paths],
+            )
+
+        await self._call(op)
+
+    async def attempts(self, target: str, paths: Sequence[str]) -> dict[str, int]:
+        def op(c: sqlite3.Connection) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for p in paths:
+                row = c.execute("SELECT attempts FROM items WHERE path = ? AND target = ?", (p, target)).fetchone()
+                out[p] = row[0] if row else 0
+            return out
+
+        return await self._call(op)
+
+    async def known_pushed(self, target: str, paths: Iterable[str]) -> set[str]:
+        paths = list(paths)
+
+        def op(c: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(paths), 500):
+                chunk = paths[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    r[0]
+                    for r in c.execute(
+                        f"SELECT path FROM pushed WHERE target = ? AND path IN ({marks})", (target, *chunk)
+                    )
+                )
+            return found
+
+        return await self._call(op)
+
+    async def unpark(self, target_prefix: str) -> int:
+        """Make parked items of matching targets due now (a token file changed, say)."""
+        now = time.time()
+
+        def op(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "UPDATE items SET due = ?, updated = ? WHERE state = 'parked' AND target LIKE ? || '%'",
+                (now, now, target_prefix),
+            ).rowcount
+
+        return await self._call(op)
+
+    async def retry(self, paths: Sequence[str] | None) -> int:
+        now = time.time()
+
+        def op(c: sqlite3.Connection) -> int:
+            if paths is None:
+                return c.execute(
+                    "UPDATE items SET state = 'pending', due = 0, attempts = 0, updated = ? "
+                    "WHERE state IN ('failed', 'parked')",
+                    (now,),
+                ).rowcount
+            return sum(
+                c.execute(
+                    "UPDATE items SET state = 'pending', due = 0, attempts = 0, updated = ? "
+                    "WHERE path = ? AND state IN ('failed', 'parked')",
+                    (now, p),
+                ).rowcount
+                for p in paths
+            )
+
+        return await self._call(op)
+
+    async def drop(self, paths: Sequence[str]) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            return sum(c.execute("DELETE FROM items WHERE path = ?", (p,)).rowcount for p in paths)
+
+        return await self._call(op)
+
+    # -- reporting ---------------------------------------------------------------------
+
+    async def counts(self) -> list[TargetCounts]:
+        def op(c: sqlite3.Connection) -> list[TargetCounts]:
+            by: dict[str, dict[str, Any]] = {}
+            for target, state, n, oldest in c.execute(
+                "SELECT target, state, COUNT(*), MIN(added) FROM items GROUP BY target, state"
+            ):
+                entry = by.setdefault(target, {"target": target})
+                entry[state] = n
+                if state == PENDING:
+                    entry["oldest_pending"] = oldest
+            return [TargetCounts(**v) for _, v in sorted(by.items())]
+
+        return await self._call(op)
+
+    async def pending_requests(self) -> int:
+        return await self._call(lambda c: int(c.execute("SELECT COUNT(*) FROM requests").fetchone()[0]))
+
+    async def problems(self, limit: int = 20) -> list[Item]:
+        def op(c: sqlite3.Connection) -> list[Item]:
+            rows = c.execute(
+                "SELECT path, target, state, attempts, due, reason FROM items "
+                "WHERE state IN ('failed', 'parked') OR (state = 'pending' AND reason IS NOT NULL) "
+                "ORDER BY updated DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [Item(*r) for r in rows]
+
+        return await self._call(op)
+
+    async def items_for(self, paths: Sequence[str]) -> list[Item]:
+        def op(c: sqlite3.Connection) -> list[Item]:
+            out: list[Item] = []
+            for p in paths:
+                out.extend(
+                    Item(*r)
+                    for r in c.execute(
+                        "SELECT path, target, state, attempts, due, reason FROM items WHERE path = ?", (p,)
+                    )
+                )
+            return out
+
+        return await self._call(op)
+
+    async def done_since(self, since: float) -> int:
+        return await self._call(
+            lambda c: int(
+                c.execute("SELECT COUNT(*) FROM items WHERE state = 'done' AND updated >= ?", (since,)).fetchone()[0]
+            )
+        )
+
+    async def active_roots(self) -> set[str]:
+        """Paths that still have work (for GC-root bookkeeping)."""
+        return await self._call(
+            lambda c: {r[0] for r in c.execute("SELECT DISTINCT path FROM items WHERE state IN ('pending', 'parked')")}
+        )
+
+    async def is_settled(self, paths: Sequence[str]) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            for p in paths:
+                row = c.execute(
+                    "SELECT 1 FROM items WHERE path = ? AND state = 'pending' LIMIT 1", (p,)
+                ).fetchone()
+                if row:
+                    return False
+            return True
+
+        return await self._call(op)
+
+    async def all_items(self) -> list[Item]:
+        return await self._call(
+            lambda c: [
+                Item(*r)
+                for r in c.execute("SELECT path, target, state, attempts, due, reason FROM items ORDER BY path, target")
+            ]
+        )
+
+    async def skipped(self) -> dict[str, str]:
+        return await self._call(lambda c: dict(c.execute("SELECT path, reason FROM skipped").fetchall()))
