@@ -84,16 +84,19 @@ def decode_request(line: bytes) -> dict[str, Any]:
         raise ProtocolError("too-large", f"request exceeds {MAX_MESSAGE_BYTES} bytes")
     try:
         message = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and Python's int-digit limit;
+        # RecursionError comes from deeply nested arrays/objects.
         raise ProtocolError("bad-json", f"request is not valid JSON: {e}") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad-request", "request must be a JSON object")
-    if message.get("v") != VERSION:
+    version = message.get("v")
+    if isinstance(version, bool) or version != VERSION:
         raise ProtocolError(
-            "bad-version", f"unsupported protocol version {message.get('v')!r} (want {VERSION})"
+            "bad-version", f"unsupported protocol version {version!r} (want {VERSION})"
         )
     op = message.get("op")
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise ProtocolError("bad-op", f"unknown op {op!r}; known: {', '.join(sorted(OPS))}")
     if op == "enqueue":
         _check_enqueue(message)
