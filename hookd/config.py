@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -148,11 +149,15 @@ class Config:
 
     @property
     def gc_roots_dir(self) -> Path:
+        """Below Nix's gcroots: one directory per state directory, so daemons never share one."""
         nix_state = Path(os.environ.get("NIX_STATE_DIR", "/nix/var/nix"))
+        name = "hookd"
+        if self.state_dir != Path("/var/lib/hookd"):
+            name += "-" + hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
         if is_root():
-            return nix_state / "gcroots" / "hookd"
+            return nix_state / "gcroots" / name
         user = os.environ.get("USER") or str(os.geteuid())
-        return nix_state / "gcroots" / "per-user" / user / "hookd"
+        return nix_state / "gcroots" / "per-user" / user / name
 
 
 def is_root() -> bool:

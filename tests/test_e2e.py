@@ -1,0 +1,376 @@
+"""End to end on real Nix: builds → post-build hook → queue → store target → substitution."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    HOOKD,
+    HOOKD_HOOK,
+    HookdProcess,
+    NixDaemon,
+    instantiate,
+    needs_nix,
+    nix_build,
+    nix_env,
+    nonce,
+    outputs_of,
+    path_info,
+    requisites,
+    substitute,
+)
+
+pytestmark = [needs_nix, pytest.mark.nix]
+
+GRAPH_ATTRS = ["d", "multi.out", "multi.dev", "multi.lib"]
+
+
+def built_paths(stdout: str) -> list[str]:
+    return [line for line in stdout.split() if line.startswith("/nix/store/")]
+
+
+def assert_substitutes(hookd: HookdProcess, paths: list[str], tmp_path: Path) -> None:
+    """Real Nix fetches every path from the cache into a clean store, signature checked."""
+    clean = tmp_path / "clean-store"
+    proc = substitute(paths, store_dir=clean, substituter=hookd.cache_url, public_key=hookd.public_key())
+    assert proc.returncode == 0, proc.stderr
+    here = path_info(paths)
+    there = path_info(paths, store=str(clean))
+    assert set(there) == set(paths)
+    for p in paths:
+        assert there[p]["narHash"] == here[p]["narHash"]
+        assert any(s.startswith(hookd.public_key().split(":")[0] + ":") for s in there[p].get("signatures", []))
+    # and a key that did not sign them is refused
+    wrong = substitute(
+        paths[:1], store_dir=tmp_path / "other-store", substituter=hookd.cache_url,
+        public_key="someone-else-1:FeCt8u2RhKXGzHnwHmqVl6fX9qKziCt1yCz0L9IUfhY=",
+    )
+    assert wrong.returncode != 0
+    assert "not signed by any of the keys" in wrong.stderr
+
+
+def test_single_user_build_hook_push_substitute(hookd: HookdProcess, tmp_path: Path) -> None:
+    hookd.start()
+    proc = nix_build(GRAPH_ATTRS, nonce_value=nonce(), hook=hookd.hook_script)
+    outs = built_paths(proc.stdout)
+    assert len(outs) == 4
+    reply = hookd.client.wait(timeout=120)
+    assert reply["ok"] and reply["drained"], reply
+    closure = sorted(requisites(outs))
+    assert len(closure) == 7  # d, a, b, c + multi's out, dev, lib
+    assert hookd.cached(closure) == set(closure)
+    assert_substitutes(hookd, closure, tmp_path)
+    status = hookd.status()
+    (target,) = status["targets"]
+    assert target["failed"] == 0 and target["parked"] == 0 and target["pending"] == 0
+    assert status["default_cache"]["public_key"] == hookd.public_key()
+    events = hookd.log_events()
+    pushes = [e for e in events if e.get("event") == "push"]
+    assert {e["path"] for e in pushes} == set(closure)
+    for e in pushes:
+        assert {"path", "target", "bytes", "ms", "result"} <= set(e)
+
+
+def test_private_nix_daemon_hook_from_nix_conf(hookd: HookdProcess, tmp_path: Path) -> None:
+    hookd.start()
+    daemon = NixDaemon(tmp_path, hookd.hook_script)
+    try:
+        proc = nix_build(GRAPH_ATTRS, nonce_value=nonce(), env=daemon.client_env())
+    finally:
+        daemon.stop()
+    assert "running post-build-hook" in proc.stderr
+    outs = built_paths(proc.stdout)
+    assert hookd.client.wait(timeout=120)["drained"]
+    closure = sorted(requisites(outs))
+    assert hookd.cached(closure) == set(closure)
+    assert_substitutes(hookd, closure, tmp_path)
+
+
+def test_sources_and_drvs_are_not_pushed(hookd: HookdProcess) -> None:
+    hookd.start()
+    proc = nix_build(["src", "b"], nonce_value=nonce(), hook=hookd.hook_script)
+    src, b = built_paths(proc.stdout)
+    assert hookd.client.wait(timeout=60)["drained"]
+    assert hookd.cached([src, b]) == {b}
+    skips = [e for e in hookd.log_events() if e.get("event") == "skip"]
+    assert any(e["path"] == src and "source" in e["reason"] for e in skips)
+
+
+def run_hook(env: dict[str, str], socket_path: Path, spool: Path) -> tuple[int, float, str]:
+    start = time.monotonic()
+    proc = subprocess.run(
+        [HOOKD_HOOK, "--socket", str(socket_path), "--spool", str(spool)],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )
+    return proc.returncode, time.monotonic() - start, proc.stderr
+
+
+def test_daemon_down_builds_succeed_and_paths_land_later(hookd: HookdProcess) -> None:
+    n = nonce()
+    proc = nix_build(GRAPH_ATTRS, nonce_value=n, hook=hookd.hook_script)  # no daemon running
+    assert proc.returncode == 0
+    assert proc.stderr.count("daemon not reachable") == 5  # one line per built derivation (multi is one)
+    spooled = sorted(hookd.spool.glob("*.json"))
+    assert len(spooled) == 5
+    outs = built_paths(proc.stdout)
+    hookd.start()
+    assert hookd.client.wait(timeout=120)["drained"]
+    closure = sorted(requisites(outs))
+    assert hookd.cached(closure) == set(closure)
+    assert not list(hookd.spool.glob("*.json"))  # deleted only after import
+
+
+def test_hook_returns_within_2s_when_daemon_hangs(tmp_path: Path) -> None:
+    """A socket that accepts but never answers (hung daemon): the hook gives up, spools, exits 0."""
+    import socket as socketlib
+
+    sock_path = tmp_path / "hung.sock"
+    server = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(100)
+    drv = instantiate("b", nonce())
+    env = nix_env(DRV_PATH=drv, OUT_PATHS="")
+    try:
+        rc, elapsed, err = run_hook(env, sock_path, tmp_path / "spool")
+    finally:
+        server.close()
+    assert rc == 0
+    assert elapsed < 2.0, elapsed
+    assert "spooled" in err
+    (spooled,) = list((tmp_path / "spool").glob("*.json"))
+    assert json.loads(spooled.read_text())["drv_path"] == drv
+
+
+def test_hook_exits_0_on_missing_socket_and_unwritable_spool(tmp_path: Path) -> None:
+    env = nix_env(DRV_PATH=instantiate("b", nonce()), OUT_PATHS="")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rc, elapsed, err = run_hook(env, tmp_path / "missing.sock", blocker / "spool")
+    assert rc == 0 and elapsed < 2.0
+    assert "spool failed" in err and "hookd backfill" in err
+    rc, _, err = run_hook(nix_env(), tmp_path / "missing.sock", tmp_path / "spool")
+    assert rc == 0 and "nothing to queue" in err
+
+
+def test_hook_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys, runpy; before=set(sys.modules); import hookd.hook; "
+        "import json; print(json.dumps(sorted(set(sys.modules)-before)))"
+    )
+    out = subprocess.run([os.path.join(os.path.dirname(HOOKD), "python"), "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout)
+    third_party = {"httpx", "tenacity", "yaml", "structlog", "watchfiles", "jwt", "cryptography"}
+    assert not {m.split(".")[0] for m in loaded} & third_party, loaded
+    assert [m for m in loaded if m.startswith("hookd")] == ["hookd", "hookd.hook"]
+
+
+def test_fifty_concurrent_hooks_lose_nothing(hookd: HookdProcess) -> None:
+    hookd.start()
+    n = nonce()
+    proc = nix_build(["many"], nonce_value=n, args={"count": "50"})
+    outs = built_paths(proc.stdout)
+    assert len(outs) == 50
+    drvs = [path_info([o])[o]["deriver"] for o in outs]
+
+    def one(drv: str) -> tuple[int, float, str]:
+        return run_hook(nix_env(DRV_PATH=drv, OUT_PATHS=""), hookd.socket, hookd.spool)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, drvs))
+    assert all(rc == 0 for rc, _, _ in results)
+    assert all(err == "" for _, _, err in results), [e for _, _, e in results if e]
+    assert not list(hookd.spool.glob("*.json"))  # every hook got its acknowledgement
+    assert hookd.client.wait(timeout=120)["drained"]
+    assert hookd.cached(outs) == set(outs)
+
+
+def test_kill9_during_push_loses_no_acknowledged_path(tmp_path: Path) -> None:
+    hookd = HookdProcess(tmp_path, {"upload": {"batch_size": 2}})
+    hookd.start()
+    n = nonce()
+    proc = nix_build(["many"], nonce_value=n, args={"count": "40"})
+    outs = built_paths(proc.stdout)
+    acked = []
+    for out in outs:
+        reply = hookd.client.call({"op": "enqueue", "out_paths": [out], "source": "test"})
+        assert reply["ok"]
+        acked.append(out)
+    # kill -9 while pushing: some but not all done
+    deadline = time.monotonic() + 60
+    while True:
+        (t,) = hookd.status()["targets"]
+        if t["done"] > 0 or time.monotonic() > deadline:
+            break
+    assert t["done"] < len(outs), "push finished before the kill; the test did not interrupt it"
+    hookd.kill9()
+    hookd.start()
+    assert hookd.client.wait(timeout=120)["drained"]
+    assert hookd.cached(acked) == set(acked)
+    hookd.stop()
+
+
+def test_bad_requests_get_error_replies_and_daemon_keeps_serving(hookd: HookdProcess) -> None:
+    hookd.start()
+    good = "/nix/store/" + "a" * 32 + "-x"
+    cases = {
+        b'{"v":1,"op":"enqueue","out_paths":["relative/path"]}\n': "bad-path",
+        b'{"v":1,"op":"enqueue","out_paths":["/tmp/x"]}\n': "outside-store",
+        b'{"v":1,"op":"enqueue","out_paths":["/nix/store/../etc/passwd"]}\n': "bad-path",
+        b'{"v":1,"op":"enqueue","out_paths":["/nix/store/' + b"a" * 32 + b'-x\\u0000y"]}\n': "bad-path",
+        b'{"v":1,"op":"enqueue","out_paths":["/nix/store/eeee-not-a-hash"]}\n': "bad-store-path",
+        b'{"v":1,"op":"enqueue","out_paths":["' + good.encode() + b'/sub"]}\n': "bad-path",
+        b"not json\n": "bad-json",
+        b'{"v":1,"op":"explode"}\n': "bad-op",
+        b'{"v":2,"op":"ping"}\n': "bad-version",
+        b'["a list"]\n': "bad-request",
+        b'{"v":1,"op":"enqueue","drv_path":"/nix/store/' + b"a" * 32 + b'-x"}\n': "bad-drv",
+    }
+    for payload, code in cases.items():
+        reply = hookd.client.raw(payload)
+        assert reply == {"v": 1, "ok": False, "error": code, "message": reply.get("message")}, (payload, reply)
+        assert reply["message"]
+    big = b'{"v":1,"op":"enqueue","out_paths":["' + b"x" * (1024 * 1024 + 10) + b'"]}\n'
+    assert hookd.client.raw(big)["error"] == "too-large"
+    assert hookd.client.call({"op": "ping"})["ok"]
+    logged = [e for e in hookd.log_events() if e.get("event") == "socket.bad_request"]
+    assert len(logged) == len(cases) + 1
+    assert hookd.proc is not None and hookd.proc.poll() is None
+
+
+def test_unlisted_peer_uid_is_refused(tmp_path: Path) -> None:
+    import tempfile
+
+    public = Path(tempfile.mkdtemp(prefix="hookd-peer-"))
+    public.chmod(0o755)  # nobody must reach the socket file itself
+    hookd = HookdProcess(tmp_path, {"socket": str(public / "hookd.sock")})
+    hookd.socket = public / "hookd.sock"
+    hookd.client.path = hookd.socket
+    hookd.start()
+    os.chmod(hookd.socket, 0o666)  # get past the file mode so SO_PEERCRED is what decides
+    code = (
+        "import os,socket,sys;os.setgid(65534);os.setuid(65534);"
+        "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+        "s.sendall(b'{\"v\":1,\"op\":\"ping\"}\\n');print(s.recv(4096).decode())"
+    )
+    out = subprocess.run(["python3", "-c", code, str(hookd.socket)], capture_output=True, text=True, timeout=10, check=True)
+    reply = json.loads(out.stdout)
+    assert reply["ok"] is False and reply["error"] == "forbidden"
+    assert "65534" in reply["message"]
+    assert hookd.client.call({"op": "ping"})["ok"]  # root still served
+    hookd.stop()
+
+
+def test_corrupt_spool_file_moved_aside_and_live_import(hookd: HookdProcess) -> None:
+    hookd.spool.mkdir(parents=True)
+    (hookd.spool / "1-1.json").write_text("{broken")
+    hookd.start()
+    corrupt = hookd.spool / "corrupt" / "1-1.json"
+    assert corrupt.exists()
+    assert any(e.get("event") == "spool.corrupt" for e in hookd.log_events())
+    # a valid spool file written while the daemon runs is imported by the watcher
+    out = built_paths(nix_build(["b"], nonce_value=nonce()).stdout)[0]
+    tmp = hookd.spool / ".x.tmp"
+    tmp.write_text(json.dumps({"v": 1, "op": "enqueue", "out_paths": [out]}))
+    tmp.rename(hookd.spool / "2-2.json")
+    deadline = time.monotonic() + 30
+    while out not in hookd.cached([out]) and time.monotonic() < deadline:
+        hookd.client.wait(timeout=1)
+    assert hookd.cached([out]) == {out}
+
+
+def test_queued_paths_are_pinned_against_gc_until_pushed(tmp_path: Path) -> None:
+    # An unreachable HTTP store keeps the path queued (transient failures, retried).
+    hookd = HookdProcess(tmp_path, {"targets": [{"store": "http://127.0.0.1:9/cache"}]})
+    hookd.start()
+    out = built_paths(nix_build(["b"], nonce_value=nonce()).stdout)[0]
+    assert hookd.client.call({"op": "enqueue", "out_paths": [out]})["ok"]
+    deadline = time.monotonic() + 30
+    while not hookd.status()["gc_roots"] and time.monotonic() < deadline:
+        hookd.client.wait(timeout=0.5)
+    assert hookd.status()["gc_roots"] == 1
+    gc = subprocess.run(["nix-store", "--delete", out], capture_output=True, text=True, check=False)
+    assert gc.returncode != 0 and "still alive" in gc.stderr
+    deadline = time.monotonic() + 60
+    while not hookd.status()["targets"][0]["last_error"] and time.monotonic() < deadline:
+        hookd.client.wait(timeout=0.5)
+    (t,) = hookd.status()["targets"]
+    assert t["pending"] == 1 and "unreachable" in t["last_error"]
+    hookd.client.call({"op": "drop", "paths": [out]})
+    deadline = time.monotonic() + 30
+    while hookd.status()["gc_roots"] and time.monotonic() < deadline:
+        hookd.client.wait(timeout=0.5)
+    gc = subprocess.run(["nix-store", "--delete", out], capture_output=True, text=True, check=False)
+    assert gc.returncode == 0, gc.stderr
+    hookd.stop()
+
+
+def test_cli_push_wait_status_retry_drop(hookd: HookdProcess) -> None:
+    hookd.start()
+    out = built_paths(nix_build(["a"], nonce_value=nonce()).stdout)[0]
+    env = nix_env(HOOKD_CONFIG=str(hookd.config_path))
+    proc = subprocess.run([HOOKD, "push", "--wait", "--timeout", "60", out], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 path(s) settled; 0 not pushed" in proc.stdout
+    assert hookd.cached(sorted(requisites([out]))) == requisites([out])
+    status = json.loads(subprocess.run([HOOKD, "status", "--json"], env=env, capture_output=True, text=True, check=True).stdout)
+    assert status["targets"][0]["done"] >= 1
+    proc = subprocess.run([HOOKD, "retry"], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "--all" in proc.stderr
+    proc = subprocess.run([HOOKD, "enqueue", "/tmp/not-in-store"], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "outside the store" in proc.stderr
+    proc = subprocess.run([HOOKD, "drop", out], env=env, capture_output=True, text=True, check=True)
+    assert "dropped 1" in proc.stdout
+
+
+def test_backfill_catches_paths_the_hook_missed(hookd: HookdProcess) -> None:
+    hookd.start()
+    since = time.time() - 1
+    outs = built_paths(nix_build(["d"], nonce_value=nonce()).stdout)  # built without the hook
+    reply = hookd.client.call({"op": "backfill", "since": since}, timeout=600)
+    assert reply["ok"] and reply["queued"] >= 4
+    assert hookd.client.wait(timeout=120)["drained"]
+    closure = requisites(outs)
+    assert hookd.cached(sorted(closure)) == closure
+
+
+def test_sigterm_leaves_unfinished_work_queued(tmp_path: Path) -> None:
+    hookd = HookdProcess(tmp_path, {"targets": [{"store": "http://127.0.0.1:9/cache"}]})
+    hookd.start()
+    out = built_paths(nix_build(["b"], nonce_value=nonce()).stdout)[0]
+    assert hookd.client.call({"op": "enqueue", "out_paths": [out]})["ok"]
+    start = time.monotonic()
+    assert hookd.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - start < 10
+    assert any(e.get("event") == "daemon.stopped" for e in hookd.log_events())
+    # restart with a reachable target: the path is still queued and now lands
+    import yaml
+
+    cfg = yaml.safe_load(hookd.config_path.read_text())
+    del cfg["targets"]
+    hookd.config_path.write_text(yaml.safe_dump(cfg))
+    hookd.start()
+    hookd.client.call({"op": "enqueue", "out_paths": [out]})
+    assert hookd.client.wait(timeout=60)["drained"]
+    assert hookd.cached([out]) == {out}
+    hookd.stop()
+
+
+def test_outputs_resolved_from_drv_when_out_paths_empty(hookd: HookdProcess) -> None:
+    hookd.start()
+    n = nonce()
+    nix_build(["multi.out"], nonce_value=n)
+    drv = instantiate("multi", n)
+    outs = outputs_of(drv)
+    assert len(outs) == 3
+    rc, _, err = run_hook(nix_env(DRV_PATH=drv, OUT_PATHS=""), hookd.socket, hookd.spool)
+    assert rc == 0 and err == ""
+    assert hookd.client.wait(timeout=60)["drained"]
+    assert hookd.cached(outs) == set(outs)
