@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -228,7 +229,7 @@ class _Reader:
 
     def number(self, value: object, key: str, *, minimum: float = 0, integer: bool = False) -> Any:
         ok = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok or value < minimum:  # type: ignore[operator]
+        if isinstance(value, bool) or not ok or not math.isfinite(value) or value < minimum:  # type: ignore[arg-type,operator]
             kind = "an integer" if integer else "a number"
             raise self.fail(key, f"{kind} >= {minimum}", value)
         return value
@@ -245,7 +246,7 @@ class _Reader:
         for i, pattern in enumerate(items):
             try:
                 re.compile(pattern)
-            except re.error as e:
+            except (re.error, OverflowError, RecursionError) as e:
                 raise self.fail(f"{key}[{i}]", f"a valid regular expression ({e})", pattern) from None
         return items
 
@@ -271,6 +272,10 @@ def load_config(path: Path | None = None, *, required: bool = False) -> Config:
             raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     elif explicit or required:
         raise ConfigError(f"{path}: config file not found")
     return parse_config(raw, source=str(path), path=path if path.exists() else None)
@@ -286,7 +291,9 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
     spool = r.path(top["spool_dir"], "spool_dir") if "spool_dir" in top else state_dir / "spool"
 
     servers = _attic_client_servers(top.get("attic_config", "auto"), r)
-    for name, value in r.mapping(top.get("servers"), "servers", set(top.get("servers") or {})).items():
+    raw_servers = top.get("servers")
+    server_names = {str(k) for k in raw_servers} if isinstance(raw_servers, dict) else set()
+    for name, value in r.mapping(raw_servers, "servers", server_names).items():
         key = f"servers.{name}"
         if not CACHE_NAME_RE.fullmatch(str(name)):
             raise r.fail(key, "a server name of letters, digits, '-', '_' or '+'", name)
@@ -299,11 +306,11 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         )
         servers[str(name)] = ServerConfig(str(name), endpoint, token_file)
 
+    if top.get("targets") is not None and not isinstance(top["targets"], list):
+        raise r.fail("targets", "a list of {server, cache} or {store, secret_key_file}")
     targets = tuple(
         _target(item, f"targets[{i}]", r, servers) for i, item in enumerate(top.get("targets") or [])
     )
-    if top.get("targets") is not None and not isinstance(top["targets"], list):
-        raise r.fail("targets", "a list of {server, cache} or {store, secret_key_file}")
 
     f = r.mapping(top.get("filter"), "filter", FILTER_KEYS)
     filt = FilterConfig(
