@@ -388,6 +388,9 @@ def _target(item: object, key: str, r: _Reader, servers: dict[str, ServerConfig]
     if not CACHE_NAME_RE.fullmatch(cache):
         raise r.fail(f"{key}.cache", "an Attic cache name (1-50 of A-Za-z0-9-_+, alphanumeric first)", cache)
     server = entry.get("server")
+    if server is None and "default" in servers:
+        # attic's `default-server` (aliased as "default"); `attic login` always sets one.
+        server = servers["default"].name if servers["default"].name in servers else "default"
     if server is None:
         if len(servers) != 1:
             raise r.fail(f"{key}.server", f"one of the configured servers ({', '.join(sorted(servers)) or 'none'})")
@@ -420,17 +423,23 @@ def _attic_client_servers(setting: object, r: _Reader) -> dict[str, ServerConfig
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: cannot read attic client config: {e}") from None
     servers: dict[str, ServerConfig] = {}
-    for name, entry in (data.get("servers") or {}).items():
+    tables = data.get("servers") or {}
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{path}: servers: expected a table of servers")
+    for name, entry in tables.items():
         if not isinstance(entry, dict) or "endpoint" not in entry:
             raise ConfigError(f"{path}: servers.{name}: expected a table with 'endpoint'")
-        token_file = entry.get("token-file")
+        token_file, token = entry.get("token-file"), entry.get("token")
+        for k, v in (("token-file", token_file), ("token", token)):
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{path}: servers.{name}.{k}: expected a string")
         servers[name] = ServerConfig(
             name=name,
             endpoint=_endpoint(str(entry["endpoint"]), r, f"attic servers.{name}.endpoint"),
             token_file=Path(token_file) if token_file else None,
-            token=entry.get("token"),
+            token=token,
         )
     default = data.get("default-server")
-    if default in servers and "default" not in servers:
+    if isinstance(default, str) and default in servers and "default" not in servers:
         servers["default"] = servers[default]
     return servers
