@@ -157,7 +157,10 @@ def parse_path_info(text: str) -> list[PathInfo]:
     """Parse ``nix path-info --json``: the 2.8 list form and the newer object form (keyed by path)."""
     if not text.strip():
         return []
-    data: Any = json.loads(text)
+    try:
+        data: Any = json.loads(text)
+    except ValueError as e:
+        raise NixError(f"path-info printed invalid JSON: {e}") from None
     items: list[tuple[str, dict[str, Any]]]
     if isinstance(data, list):
         items = [(d.get("path", ""), d) for d in data]
@@ -169,8 +172,8 @@ def parse_path_info(text: str) -> list[PathInfo]:
     for path, d in items:
         if d.get("valid") is False or "narHash" not in d:
             continue
-        infos.append(
-            PathInfo(
+        try:
+            info = PathInfo(
                 path=path,
                 nar_hash=_nar_hash(d["narHash"]),
                 nar_size=int(d["narSize"]),
@@ -181,19 +184,27 @@ def parse_path_info(text: str) -> list[PathInfo]:
                 registration_time=d.get("registrationTime"),
                 ultimate=bool(d.get("ultimate", False)),
             )
-        )
+        except (KeyError, TypeError, ValueError) as e:  # binascii.Error is a ValueError
+            raise NixError(f"path-info entry for {path!r} not understood: {e!r}") from None
+        infos.append(info)
     return infos
 
 
 def _nar_hash(value: Any) -> bytes:
-    # Newer Nix may give a structured hash {"algorithm": "sha256", "hash": "<b64>"} (or similar).
+    # Newer Nix may give a structured hash {"algorithm": "sha256", "format": F, "hash": H} where
+    # F is base64, base16, nix32 or sri (Nix's hash-v1 schema; base64 when "format" is absent).
     if isinstance(value, dict):
         algo = value.get("algorithm") or value.get("algo")
         if algo != "sha256":
             raise NixError(f"unsupported narHash algorithm {algo!r}")
-        import base64
-
-        return base64.b64decode(value["hash"])
+        fmt, text = value.get("format", "base64"), str(value["hash"])
+        if fmt == "base64":
+            return sha256_digest("sha256-" + text)
+        if fmt in ("base16", "nix32", "base32"):
+            return sha256_digest("sha256:" + text)
+        if fmt == "sri":
+            return sha256_digest(text if text.startswith("sha256-") else "sha256-" + text)
+        raise NixError(f"unsupported narHash format {fmt!r}")
     return sha256_digest(str(value))
 
 
