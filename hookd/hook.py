@@ -14,11 +14,11 @@ nix-daemon, so it must start fast (it can run as ``python3 -I -S hook.py``). Con
   a failing post-build hook would abort the user's build.
 """
 
-import json
 import os
-import socket
 import sys
 import time
+
+import _socket  # the C module: `socket` would pull in enum, selectors… (a third of our start-up)
 
 DEFAULT_SOCKET = "/run/hookd/hookd.sock"
 DEFAULT_SPOOL = "/var/lib/hookd/spool"
@@ -36,17 +36,44 @@ def _arg(argv, flag, env, default):
     return os.environ.get(env) or default
 
 
+def _json_string(text):
+    """A JSON string literal (json.dumps semantics for str) without importing json."""
+    out = ['"']
+    for ch in text:
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif ch < " " or ch == "\x7f" or ch > "\x7e":
+            code = ord(ch)
+            if code > 0xFFFF:
+                code -= 0x10000
+                out.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))
+            else:
+                out.append("\\u%04x" % code)
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
 def _request():
+    """The enqueue request as one NDJSON line, and whether it carries anything at all."""
     drv = os.environ.get("DRV_PATH", "").strip()
     outs = os.environ.get("OUT_PATHS", "").split()
-    message = {"v": 1, "op": "enqueue", "source": "hook", "out_paths": outs}
+    fields = ['"v":1', '"op":"enqueue"', '"source":"hook"']
+    fields.append('"out_paths":[' + ",".join(_json_string(p) for p in outs) + "]")
     if drv:
-        message["drv_path"] = drv
-    return message
+        fields.append('"drv_path":' + _json_string(drv))
+    line = "{" + ",".join(fields) + "}\n"
+    return line.encode("utf-8", "surrogateescape"), bool(drv or outs)
+
+
+def _acknowledged(reply):
+    # The daemon answers compact JSON: {"v":1,"ok":true,...}. Only a positive answer counts.
+    return reply.startswith(b"{") and b'"ok":true' in reply
 
 
 def _send(sock_path, payload, deadline):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(max(0.05, deadline - time.monotonic()))
         s.connect(sock_path)
@@ -60,9 +87,18 @@ def _send(sock_path, payload, deadline):
             reply += chunk
     finally:
         s.close()
-    answer = json.loads(reply) if reply else {}
-    if not answer.get("ok"):
-        raise RuntimeError(answer.get("message") or "no acknowledgement from the daemon")
+    if not _acknowledged(reply):
+        raise RuntimeError(_reason(reply))
+
+
+def _reason(reply):
+    if not reply:
+        return "no acknowledgement from the daemon"
+    marker = b'"message":"'
+    i = reply.find(marker)
+    if i < 0:
+        return "unexpected reply from the daemon"
+    return reply[i + len(marker) :].split(b'"', 1)[0].decode("utf-8", "replace")[:200]
 
 
 def _spool(spool_dir, payload):
@@ -87,11 +123,10 @@ def _spool(spool_dir, payload):
 
 def run(argv):
     deadline = time.monotonic() + BUDGET
-    message = _request()
-    if not message.get("drv_path") and not message["out_paths"]:
+    payload, has_paths = _request()
+    if not has_paths:
         sys.stderr.write("hookd-hook: DRV_PATH and OUT_PATHS are empty; nothing to queue\n")
         return
-    payload = (json.dumps(message, separators=(",", ":")) + "\n").encode()
     sock_path = _arg(argv, "--socket", "HOOKD_SOCKET", DEFAULT_SOCKET)
     try:
         _send(sock_path, payload, deadline)
