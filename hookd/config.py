@@ -259,7 +259,7 @@ class _Reader:
 
 def load_config(path: Path | None = None, *, required: bool = False) -> Config:
     """Load the YAML at ``path`` (or the default location). A missing default file means defaults."""
-    explicit = path is not None or "HOOKD_CONFIG" in os.environ
+    explicit = path is not None or bool(os.environ.get("HOOKD_CONFIG"))
     path = path or default_config_path()
     raw: object = {}
     if path.exists():
