@@ -47,18 +47,26 @@ class Client:
                     break
                 buf += chunk
         except FileNotFoundError:
-            raise DaemonUnreachable(f"no daemon socket at {self.path}; start it with `hookd daemon`") from None
+            raise DaemonUnreachable(
+                f"no daemon socket at {self.path}; start it with `hookd daemon`"
+            ) from None
         except ConnectionRefusedError:
-            raise DaemonUnreachable(f"daemon socket {self.path} refused the connection; is `hookd daemon` running?") from None
+            raise DaemonUnreachable(
+                f"daemon socket {self.path} refused the connection; is `hookd daemon` running?"
+            ) from None
         except TimeoutError:
             raise DaemonUnreachable(f"daemon at {self.path} did not answer in time") from None
         except PermissionError:
-            raise DaemonUnreachable(f"no permission to use {self.path} (join the socket's group)") from None
+            raise DaemonUnreachable(
+                f"no permission to use {self.path} (join the socket's group)"
+            ) from None
         finally:
             s.close()
         reply: dict[str, Any] = json.loads(buf) if buf else {}
         if not reply:
-            raise DaemonUnreachable(f"daemon at {self.path} closed the connection without answering")
+            raise DaemonUnreachable(
+                f"daemon at {self.path} closed the connection without answering"
+            )
         return reply
 
 
@@ -83,7 +91,9 @@ def _paths_from(args: Sequence[str]) -> list[str]:
 def _enqueue(client: Client, paths: list[str]) -> int:
     queued = 0
     for i in range(0, len(paths), 1000):
-        reply = _check(client.call({"op": "enqueue", "out_paths": paths[i : i + 1000], "source": "cli"}))
+        reply = _check(
+            client.call({"op": "enqueue", "out_paths": paths[i : i + 1000], "source": "cli"})
+        )
         queued += bool(reply.get("queued"))
     return queued
 
@@ -120,7 +130,9 @@ def cmd_push(args: argparse.Namespace, config: Config) -> int:
     return _wait_for(client, paths, args.timeout, progress=sys.stderr.isatty())
 
 
-def _wait_for(client: Client, paths: list[str] | None, timeout: float | None, *, progress: bool) -> int:
+def _wait_for(
+    client: Client, paths: list[str] | None, timeout: float | None, *, progress: bool
+) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         step = 1.0 if progress else 30.0
@@ -165,7 +177,10 @@ def _report_settled(reply: dict[str, Any], paths: list[str] | None) -> int:
             for target, state in sorted(per.items()):
                 if state["state"] != "done":
                     bad += 1
-                    print(f"{state['state']}: {path} → {target}: {state.get('reason') or ''}", file=sys.stderr)
+                    print(
+                        f"{state['state']}: {path} → {target}: {state.get('reason') or ''}",
+                        file=sys.stderr,
+                    )
         print(f"{len(paths)} path(s) settled; {bad} not pushed")
     else:
         for target, c in sorted(reply.get("targets", {}).items()):
@@ -185,10 +200,18 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
         return EXIT_OK
-    print(f"hookd {reply['version']} (pid {reply['pid']}, up {reply['uptime']:.0f} s), socket {reply['socket']}")
-    print(f"requests awaiting resolution: {reply['requests_pending']}; done in the last minute: {reply['done_last_minute']}")
+    print(
+        f"hookd {reply['version']} (pid {reply['pid']}, up {reply['uptime']:.0f} s), socket {reply['socket']}"
+    )
+    print(
+        f"requests awaiting resolution: {reply['requests_pending']}; done in the last minute: {reply['done_last_minute']}"
+    )
     for t in reply["targets"]:
-        age = f", oldest pending {t['oldest_pending_age']:.0f} s" if t.get("oldest_pending_age") else ""
+        age = (
+            f", oldest pending {t['oldest_pending_age']:.0f} s"
+            if t.get("oldest_pending_age")
+            else ""
+        )
         print(
             f"  {t['id']}: pending {t['pending']}, done {t['done']}, failed {t['failed']}, parked {t['parked']}"
             f"{age}; breaker {t['breaker']}"
@@ -242,7 +265,9 @@ def _parse_since(text: str) -> float:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise ConfigError(f"--since: expected a duration like 2h/3d, epoch seconds or an ISO date, got {text!r}") from None
+        raise ConfigError(
+            f"--since: expected a duration like 2h/3d, epoch seconds or an ISO date, got {text!r}"
+        ) from None
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
@@ -287,7 +312,9 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
 
         problems += asyncio.run(reach())
     else:
-        print(f"targets: none configured; the daemon pushes to the embedded cache file://{config.default_cache_dir}")
+        print(
+            f"targets: none configured; the daemon pushes to the embedded cache file://{config.default_cache_dir}"
+        )
     try:
         reply = Client(config.socket, timeout=2).call({"op": "ping"})
         print(f"daemon: running (pid {reply.get('pid')}) at {config.socket}")
@@ -307,9 +334,19 @@ def cmd_provision(args: argparse.Namespace, config: Config | None) -> int:
 
 def get_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="YAML config (default: $HOOKD_CONFIG, /etc/hookd/config.yaml or ~/.config/hookd/config.yaml)")
-    common.add_argument("--socket", type=Path, help="daemon socket (default: $HOOKD_SOCKET or the config's `socket`)")
-    parser = argparse.ArgumentParser(prog="hookd", description="Push every Nix build result to binary caches.")
+    common.add_argument(
+        "--config",
+        type=Path,
+        help="YAML config (default: $HOOKD_CONFIG, /etc/hookd/config.yaml or ~/.config/hookd/config.yaml)",
+    )
+    common.add_argument(
+        "--socket",
+        type=Path,
+        help="daemon socket (default: $HOOKD_SOCKET or the config's `socket`)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="hookd", description="Push every Nix build result to binary caches."
+    )
     parser.add_argument("--version", action="version", version=f"hookd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -319,10 +356,14 @@ def get_parser() -> argparse.ArgumentParser:
     add("daemon", "run the daemon in the foreground (systemd/launchd run this)")
     p = add("enqueue", "queue store paths by hand (- reads one per line from stdin)")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p = add("push", "queue paths and, with --wait, follow them until every target has them or failed")
+    p = add(
+        "push", "queue paths and, with --wait, follow them until every target has them or failed"
+    )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--wait", action="store_true", help="wait until pushed (progress bar on a TTY)")
-    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 1)")
+    p.add_argument(
+        "--timeout", type=float, help="with --wait: give up after this many seconds (exit 1)"
+    )
     p = add("status", "queue depth and per-target state, last errors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("wait", "block until the queue is drained (exit 1 on timeout or if anything failed)")
@@ -333,9 +374,15 @@ def get_parser() -> argparse.ArgumentParser:
     p = add("drop", "forget queued, failed or parked paths")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = add("backfill", "queue locally built store paths registered since T (missed by the hook)")
-    p.add_argument("--since", help="a duration (2h, 3d), epoch seconds or an ISO date (default: all)")
+    p.add_argument(
+        "--since", help="a duration (2h, 3d), epoch seconds or an ISO date (default: all)"
+    )
     add("check", "validate config and token files, reach every target")
-    p = sub.add_parser("provision", help="create/configure Attic caches and mint tokens (see `hookd provision --help`)", add_help=False)
+    p = sub.add_parser(
+        "provision",
+        help="create/configure Attic caches and mint tokens (see `hookd provision --help`)",
+        add_help=False,
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 

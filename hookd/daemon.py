@@ -59,7 +59,9 @@ def build_targets(config: Config, nix: Nix, tokens: Any) -> list[Target]:
             from hookd.targets.attic import AtticTarget
 
             targets.append(
-                AtticTarget(config.servers[t.server], t.cache, nix=nix, upload=config.upload, tokens=tokens)
+                AtticTarget(
+                    config.servers[t.server], t.cache, nix=nix, upload=config.upload, tokens=tokens
+                )
             )
     if not targets:
         targets.append(default_target(config, nix))
@@ -102,7 +104,10 @@ class Daemon:
                 uids.add(int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid)
             except KeyError:
                 log.warning("config.unknown_user", user=user, key="allowed_users")
-        for group in [*self.config.allowed_groups, *([self.config.socket_group] if self.config.socket_group else [])]:
+        for group in [
+            *self.config.allowed_groups,
+            *([self.config.socket_group] if self.config.socket_group else []),
+        ]:
             try:
                 gids.add(int(group) if group.isdigit() else grp.getgrnam(group).gr_gid)
             except KeyError:
@@ -134,7 +139,11 @@ class Daemon:
         for target in self.targets:
             breaker = breakers.setdefault(
                 target.server_key,
-                Breaker(cfg.upload.breaker_threshold, cfg.upload.breaker_cooldown, cfg.upload.max_backoff),
+                Breaker(
+                    cfg.upload.breaker_threshold,
+                    cfg.upload.breaker_cooldown,
+                    cfg.upload.max_backoff,
+                ),
             )
             self.workers.append(
                 TargetWorker(
@@ -187,7 +196,9 @@ class Daemon:
             if await _socket_alive(path):
                 raise ConfigError(f"{path}: another hookd daemon is already listening there")
             path.unlink()
-        self._server = await asyncio.start_unix_server(self.handle, path=str(path), limit=proto.MAX_MESSAGE_BYTES + 2)
+        self._server = await asyncio.start_unix_server(
+            self.handle, path=str(path), limit=proto.MAX_MESSAGE_BYTES + 2
+        )
         os.chmod(path, 0o660)
         if self.config.socket_group:
             try:
@@ -218,7 +229,11 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.config.socket.unlink()
         # Workers finish the batch in hand within stop_timeout; whatever is cut off stays queued.
-        _, pending = await asyncio.wait(self._tasks, timeout=self.config.upload.stop_timeout) if self._tasks else (set(), set())
+        _, pending = (
+            await asyncio.wait(self._tasks, timeout=self.config.upload.stop_timeout)
+            if self._tasks
+            else (set(), set())
+        )
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -263,7 +278,10 @@ class Daemon:
             if not self.peer_allowed(uid, gid):
                 log.warning("socket.refused", peer_uid=uid, peer_pid=pid, reason="user not allowed")
                 writer.write(
-                    proto.error_reply("forbidden", f"uid {uid} may not use this socket (allowed_users/allowed_groups)")
+                    proto.error_reply(
+                        "forbidden",
+                        f"uid {uid} may not use this socket (allowed_users/allowed_groups)",
+                    )
                 )
                 await writer.drain()
                 return
@@ -276,7 +294,11 @@ class Daemon:
                     line = e.partial
                 except asyncio.LimitOverrunError:
                     log.warning("socket.bad_request", peer_uid=uid, error="too-large")
-                    writer.write(proto.error_reply("too-large", f"request exceeds {proto.MAX_MESSAGE_BYTES} bytes"))
+                    writer.write(
+                        proto.error_reply(
+                            "too-large", f"request exceeds {proto.MAX_MESSAGE_BYTES} bytes"
+                        )
+                    )
                     await writer.drain()
                     return
                 except (TimeoutError, ConnectionError):
@@ -326,7 +348,9 @@ class Daemon:
     async def op_wait(self, request: dict[str, Any]) -> dict[str, Any]:
         timeout = request.get("timeout", 60)
         if not isinstance(timeout, int | float) or timeout < 0:
-            raise proto.ProtocolError("bad-request", "timeout must be a non-negative number of seconds")
+            raise proto.ProtocolError(
+                "bad-request", "timeout must be a non-negative number of seconds"
+            )
         paths = self._paths(request, required=False)
         deadline = time.monotonic() + timeout
         while True:
@@ -351,8 +375,14 @@ class Daemon:
         if not isinstance(since, int | float):
             raise proto.ProtocolError("bad-request", "since must be seconds since the epoch")
         infos = await asyncio.to_thread(self.nix.paths_registered_since, float(since))
-        candidates = [i.path for i in infos if (i.ultimate or not i.signatures) and not i.path.endswith(".drv")]
-        requests = [(None, candidates[i : i + 500], "backfill") for i in range(0, len(candidates), 500)]
+        candidates = [
+            i.path
+            for i in infos
+            if (i.ultimate or not i.signatures) and not i.path.endswith(".drv")
+        ]
+        requests = [
+            (None, candidates[i : i + 500], "backfill") for i in range(0, len(candidates), 500)
+        ]
         added = await self.queue.add_requests(requests)
         self.resolver_wake.set()
         return {"scanned": len(infos), "queued": len(candidates), "requests": added}
@@ -361,7 +391,9 @@ class Daemon:
         paths = request.get("paths")
         if paths is None:
             if required:
-                raise proto.ProtocolError("bad-request", "paths (a list of store paths) is required")
+                raise proto.ProtocolError(
+                    "bad-request", "paths (a list of store paths) is required"
+                )
             return None
         if not isinstance(paths, list):
             raise proto.ProtocolError("bad-request", "paths must be a list of store paths")
@@ -385,7 +417,10 @@ class Daemon:
         items = await self.queue.items_for(paths)
         out: dict[str, Any] = {}
         for item in items:
-            out.setdefault(item.path, {})[item.target] = {"state": item.state, "reason": item.reason}
+            out.setdefault(item.path, {})[item.target] = {
+                "state": item.state,
+                "reason": item.reason,
+            }
         return {"paths": out}
 
     async def status(self) -> dict[str, Any]:
@@ -398,7 +433,9 @@ class Daemon:
                 {
                     "id": w.target.id,
                     **(_counts(c) if c else {"pending": 0, "done": 0, "failed": 0, "parked": 0}),
-                    "oldest_pending_age": round(now - c.oldest_pending, 1) if c and c.oldest_pending else None,
+                    "oldest_pending_age": round(now - c.oldest_pending, 1)
+                    if c and c.oldest_pending
+                    else None,
                     "breaker": w.breaker.state,
                     "busy": w.busy,
                     "last_success": w.stats.last_success,
@@ -408,7 +445,13 @@ class Daemon:
                 }
             )
         problems = [
-            {"path": i.path, "target": i.target, "state": i.state, "attempts": i.attempts, "reason": i.reason}
+            {
+                "path": i.path,
+                "target": i.target,
+                "state": i.state,
+                "attempts": i.attempts,
+                "reason": i.reason,
+            }
             for i in await self.queue.problems()
         ]
         result: dict[str, Any] = {
@@ -429,7 +472,9 @@ class Daemon:
             }
         if self.tokens is not None:
             result["token_problems"] = {
-                name: self.tokens.check(name) for name in self.config.servers if self.tokens.check(name)
+                name: self.tokens.check(name)
+                for name in self.config.servers
+                if self.tokens.check(name)
             }
         return result
 
@@ -461,7 +506,11 @@ class Daemon:
                 fixed = drv.fixed_output
         except NixError as e:
             if "not valid" in str(e) or "does not exist" in str(e) or "No such file" in str(e):
-                log.warning("resolve.dropped", drv=request.drv_path, reason="derivation no longer in the store")
+                log.warning(
+                    "resolve.dropped",
+                    drv=request.drv_path,
+                    reason="derivation no longer in the store",
+                )
                 await self.queue.drop_request(request.id)
                 return
             delay = min(self.config.upload.max_backoff, 2.0 ** min(request.attempts, 10))
@@ -477,15 +526,21 @@ class Daemon:
             else:
                 keep.append(path)
         await asyncio.to_thread(self.gcroots.pin, keep)
-        added = await self.queue.resolve_request(request.id, keep, [t.id for t in self.targets], skipped)
-        log.debug("resolved", drv=request.drv_path, paths=keep, new_items=added, source=request.source)
+        added = await self.queue.resolve_request(
+            request.id, keep, [t.id for t in self.targets], skipped
+        )
+        log.debug(
+            "resolved", drv=request.drv_path, paths=keep, new_items=added, source=request.source
+        )
 
     # -- spool -------------------------------------------------------------------------
 
     async def import_spool(self) -> int:
         spool = self.config.spool_dir
         try:
-            names = sorted(n for n in os.listdir(spool) if not n.startswith(".") and n.endswith(".json"))
+            names = sorted(
+                n for n in os.listdir(spool) if not n.startswith(".") and n.endswith(".json")
+            )
         except FileNotFoundError:
             return 0
         imported = 0
@@ -495,13 +550,17 @@ class Daemon:
                 raw = path.read_bytes()
                 request = proto.decode_request(raw.strip())
                 if request["op"] != "enqueue":
-                    raise proto.ProtocolError("bad-op", f"spool files hold enqueue requests, not {request['op']!r}")
+                    raise proto.ProtocolError(
+                        "bad-op", f"spool files hold enqueue requests, not {request['op']!r}"
+                    )
             except FileNotFoundError:
                 continue
             except (proto.ProtocolError, OSError) as e:
                 self._quarantine(path, str(e))
                 continue
-            await self.queue.add_request(request.get("drv_path"), request.get("out_paths", []), "spool")
+            await self.queue.add_request(
+                request.get("drv_path"), request.get("out_paths", []), "spool"
+            )
             path.unlink(missing_ok=True)  # only after the commit above
             imported += 1
         if imported:

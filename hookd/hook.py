@@ -14,11 +14,10 @@ nix-daemon, so it must start fast (it can run as ``python3 -I -S hook.py``). Con
   a failing post-build hook would abort the user's build.
 """
 
+import _socket  # the C module: `socket` would pull in enum, selectors… (a third of our start-up)
 import os
 import sys
 import time
-
-import _socket  # the C module: `socket` would pull in enum, selectors… (a third of our start-up)
 
 DEFAULT_SOCKET = "/run/hookd/hookd.sock"
 DEFAULT_SPOOL = "/var/lib/hookd/spool"
@@ -46,9 +45,9 @@ def _json_string(text):
             code = ord(ch)
             if code > 0xFFFF:
                 code -= 0x10000
-                out.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))
+                out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
             else:
-                out.append("\\u%04x" % code)
+                out.append(f"\\u{code:04x}")
         else:
             out.append(ch)
     out.append('"')
@@ -103,7 +102,7 @@ def _reason(reply):
 
 def _spool(spool_dir, payload):
     os.makedirs(spool_dir, mode=0o755, exist_ok=True)
-    name = "%d-%d.json" % (time.time_ns(), os.getpid())
+    name = f"{time.time_ns()}-{os.getpid()}.json"
     tmp = os.path.join(spool_dir, "." + name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -132,15 +131,15 @@ def run(argv):
         _send(sock_path, payload, deadline)
         return
     except Exception as e:
-        reason = "%s: %s" % (type(e).__name__, e) if str(e) else type(e).__name__
+        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     spool_dir = _arg(argv, "--spool", "HOOKD_SPOOL_DIR", DEFAULT_SPOOL)
     try:
         where = _spool(spool_dir, payload)
-        sys.stderr.write("hookd-hook: daemon not reachable (%s); spooled to %s\n" % (reason, where))
+        sys.stderr.write(f"hookd-hook: daemon not reachable ({reason}); spooled to {where}\n")
     except Exception as e:
         sys.stderr.write(
-            "hookd-hook: daemon not reachable (%s) and spool failed (%s); "
-            "run `hookd backfill` to catch up\n" % (reason, e)
+            f"hookd-hook: daemon not reachable ({reason}) and spool failed ({e}); "
+            "run `hookd backfill` to catch up\n"
         )
 
 
@@ -149,7 +148,7 @@ def main(argv=None):
         run(sys.argv[1:] if argv is None else argv)
     except BaseException as e:  # never fail the build, whatever happened
         try:
-            sys.stderr.write("hookd-hook: internal error: %r\n" % (e,))
+            sys.stderr.write(f"hookd-hook: internal error: {e!r}\n")
         except BaseException:
             pass
     try:

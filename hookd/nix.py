@@ -38,8 +38,19 @@ class Nix:
     def env(self) -> dict[str, str]:
         # The hook's NIX_CONFIG carries the whole daemon config (post-build-hook included);
         # never let a child nix re-run our hook or inherit secrets from our environment.
-        keep = ("PATH", "HOME", "NIX_REMOTE", "NIX_STORE_DIR", "NIX_STATE_DIR", "NIX_CONF_DIR",
-                "NIX_USER_CONF_FILES", "TMPDIR", "LANG", "LC_ALL", "XDG_CACHE_HOME")
+        keep = (
+            "PATH",
+            "HOME",
+            "NIX_REMOTE",
+            "NIX_STORE_DIR",
+            "NIX_STATE_DIR",
+            "NIX_CONF_DIR",
+            "NIX_USER_CONF_FILES",
+            "TMPDIR",
+            "LANG",
+            "LC_ALL",
+            "XDG_CACHE_HOME",
+        )
         env = {k: v for k, v in os.environ.items() if k in keep}
         env["NIX_CONFIG"] = "post-build-hook =\nexperimental-features = nix-command"
         return env
@@ -51,15 +62,25 @@ class Nix:
         log.debug("nix.run", argv=argv)
         try:
             proc = subprocess.run(
-                argv, capture_output=True, text=True, errors="surrogateescape",
-                timeout=timeout or self.timeout, env=self.env(), check=False, stdin=subprocess.DEVNULL,
+                argv,
+                capture_output=True,
+                text=True,
+                errors="surrogateescape",
+                timeout=timeout or self.timeout,
+                env=self.env(),
+                check=False,
+                stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise NixError(f"`{' '.join(argv[:3])} …` timed out after {timeout or self.timeout:.0f} s") from None
+            raise NixError(
+                f"`{' '.join(argv[:3])} …` timed out after {timeout or self.timeout:.0f} s"
+            ) from None
         except FileNotFoundError:
             raise NixError(f"{argv[0]}: not found; install Nix or set nix.bin_dir") from None
         if check and proc.returncode != 0:
-            raise NixError(f"`{' '.join(argv[:3])} …` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            raise NixError(
+                f"`{' '.join(argv[:3])} …` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
+            )
         return proc.stdout
 
     # -- queries ---------------------------------------------------------------------------
@@ -101,12 +122,24 @@ class Nix:
 
     def copy_to(self, url: str, paths: Sequence[str]) -> None:
         for i in range(0, len(paths), ARG_CHUNK):
-            self.run(["nix", "copy", "--no-check-sigs", "--to", url, "--", *paths[i : i + ARG_CHUNK]],
-                     timeout=self.dump_timeout)
+            self.run(
+                ["nix", "copy", "--no-check-sigs", "--to", url, "--", *paths[i : i + ARG_CHUNK]],
+                timeout=self.dump_timeout,
+            )
 
     def sign(self, paths: Sequence[str], key_file: Path) -> None:
         for i in range(0, len(paths), ARG_CHUNK):
-            self.run(["nix", "store", "sign", "--key-file", str(key_file), "--", *paths[i : i + ARG_CHUNK]])
+            self.run(
+                [
+                    "nix",
+                    "store",
+                    "sign",
+                    "--key-file",
+                    str(key_file),
+                    "--",
+                    *paths[i : i + ARG_CHUNK],
+                ]
+            )
 
     def store_info(self, url: str) -> str:
         """`nix store ping --store URL`: reach a store (2.8 prints on stderr)."""
@@ -125,8 +158,13 @@ class Nix:
         stopped early) and a non-zero exit raises NixError.
         """
         proc = await asyncio.create_subprocess_exec(
-            self.exe("nix-store"), "--dump", path,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env(),
+            self.exe("nix-store"),
+            "--dump",
+            path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env(),
             limit=DUMP_CHUNK,
         )
         assert proc.stdout is not None and proc.stderr is not None
@@ -150,7 +188,9 @@ class Nix:
             err = await stderr.read()
             rc = await proc.wait()
             if finished and rc != 0:
-                raise NixError(f"nix-store --dump {path} failed ({rc}): {err.decode(errors='replace').strip()}")
+                raise NixError(
+                    f"nix-store --dump {path} failed ({rc}): {err.decode(errors='replace').strip()}"
+                )
 
 
 def parse_path_info(text: str) -> list[PathInfo]:
@@ -227,5 +267,10 @@ def parse_show_derivation(text: str, drv_path: str) -> Derivation:
     env = drv.get("env", {})
     base = os.path.basename(drv_path)
     name = base.split("-", 1)[1].removesuffix(".drv") if "-" in base else base
-    return Derivation(path=drv_path, outputs=outputs, name=name, fixed_output=fixed,
-                      env_name=env.get("name", name))
+    return Derivation(
+        path=drv_path,
+        outputs=outputs,
+        name=name,
+        fixed_output=fixed,
+        env_name=env.get("name", name),
+    )

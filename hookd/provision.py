@@ -48,7 +48,7 @@ from hookd.errors import ConfigError, HookdError
 CLAIM_NAMESPACE = "https://jwt.attic.rs/v1"
 CACHE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_+]{0,49}")  # §6.1, used with fullmatch
 CACHE_PATTERN_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9\-_+*]{0,49}")  # §5.4
-TOKEN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-+]{0,99}")  # becomes a file name
+TOKEN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")  # a file name and a Secret key
 
 # YAML permission name → Attic claim flag (§5.3), in Attic's own order.
 PERMISSIONS: dict[str, str] = {
@@ -432,10 +432,12 @@ def parse_config(
     top = _mapping(raw if raw is not None else {}, source, TOP_KEYS)
     notes: list[str] = []
 
-    server_url = env.get(ENV_SERVER_URL) or top.get("server_url")
-    if server_url is None:
+    if env.get(ENV_SERVER_URL, "").strip():
+        server_url = _server_url(env[ENV_SERVER_URL], ENV_SERVER_URL)
+    elif "server_url" in top:
+        server_url = _server_url(top["server_url"], f"{source}: server_url")
+    else:
         raise ConfigError(f"{source}: 'server_url' is missing (or set {ENV_SERVER_URL})")
-    server_url = _server_url(server_url, f"{source}: server_url")
 
     admin_token, admin_source = _admin_token(top, source, base_dir, env, notes)
 
@@ -595,7 +597,7 @@ def _token(item: object, where: str) -> TokenSpec:
     name = _string(entry.get("name", entry.get("sub")), f"{where}.name")
     if not TOKEN_NAME_RE.fullmatch(name):
         raise ConfigError(
-            f"{where}.name: invalid token name {name!r}: letters, digits, '.', '_', '-', '+' "
+            f"{where}.name: invalid token name {name!r}: letters, digits, '.', '_', '-' "
             "(it names the output file)"
         )
     where = f"{where} ({name})"
@@ -1305,6 +1307,7 @@ def update_netrc(path: Path, host: str, tokens: Sequence[MintedToken]) -> None:
     lines = [line for line in existing if not ours(line)]
     lines.extend(netrc_line(host, t) for t in tokens)
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_secret_file(path, "\n".join(lines) + "\n")
     except OSError as e:
         raise ProvisionError(f"cannot write {path}: {e.strerror or e}") from None
@@ -1422,18 +1425,19 @@ def _destination(args: argparse.Namespace) -> str | None:
 
 
 def _preflight_destination(args: argparse.Namespace) -> None:
-    """Fail before any change when tokens could not be written afterwards."""
-    target: Path = args.output_dir if args.output_dir is not None else args.netrc
-    probe = (
-        target if target.exists() else next((p for p in target.parents if p.exists()), Path("/"))
-    )
-    if target.exists() and args.output_dir is not None and not target.is_dir():
-        raise ConfigError(f"--output-dir {target}: not a directory")
-    if target.exists() and args.netrc is not None and target.is_dir():
-        raise ConfigError(f"--netrc {target}: is a directory")
-    check = probe if probe.is_dir() else probe.parent
-    if not os.access(check, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write tokens under {check}: permission denied")
+    """Fail before any change when the tokens could not be written afterwards."""
+    if args.output_dir is not None:
+        target: Path = args.output_dir
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"--output-dir {target}: not a directory")
+    else:
+        target = args.netrc
+        if target.is_dir():
+            raise ConfigError(f"--netrc {target}: is a directory")
+        target = target.parent  # the file is replaced through a temporary file next to it
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write tokens under {existing}: permission denied")
 
 
 def run(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
@@ -1454,7 +1458,10 @@ def run(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
         key = load_signing_key(args.secret_file, env)
         out.add_secret(key.text)
         if isinstance(key.secret, bytes) and len(key.secret) < 32:
-            out.warn(f"the HS256 signing secret ({key.source}) is only {len(key.secret)} bytes")
+            out.warn(
+                f"the HS256 signing secret ({key.source}) is only {len(key.secret)} bytes "
+                "(32 or more recommended)"
+            )
         if dest in ("output-dir", "netrc") and not args.dry_run:
             _preflight_destination(args)
         if dest == "netrc" and len(tokens) > 1:
@@ -1476,8 +1483,8 @@ def run(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
                 "the admin token is not a readable JWT, so its permissions cannot be checked "
                 "before changes are made"
             )
-        if key is not None:
-            check_signing_key(config.admin_token, key)
+    if key is not None and config.admin_token:
+        check_signing_key(config.admin_token, key)
 
     plan = Plan((), tokens)
     admin = (

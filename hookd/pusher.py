@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from hookd.errors import AuthError, CorruptUploadError, NixError, ParkedError, PushError, TransientError
+from hookd.errors import (
+    AuthError,
+    CorruptUploadError,
+    NixError,
+    ParkedError,
+    PushError,
+    TransientError,
+)
 from hookd.models import PathInfo
 from hookd.nix import Nix
 from hookd.queue import FAILED, PARKED, PENDING, Item, Queue
@@ -38,7 +45,7 @@ class Breaker:
 
     def allow(self) -> float:
         """0 if a request may go now, else seconds to wait."""
-        return max(0.0, self.open_until - time.monotonic())
+        return max(0.0, float(self.open_until - time.monotonic()))
 
     def success(self) -> None:
         self.failures = 0
@@ -66,7 +73,7 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
 
     def delay(self, attempts: int, retry_after: float | None = None) -> float:
-        base = min(self.maximum, self.minimum * (2 ** min(attempts, 30)))
+        base = min(self.maximum, self.minimum * 2.0 ** min(attempts, 30))
         jittered = base * self.rng.uniform(0.5, 1.0)
         return min(self.maximum, max(jittered, retry_after or 0.0))
 
@@ -158,7 +165,12 @@ class TargetWorker:
         gone = [r for r in roots if r not in graph]
         if gone:
             for path in gone:
-                log.warning("skip.gone", path=path, target=tid, reason="no longer valid (garbage-collected?)")
+                log.warning(
+                    "skip.gone",
+                    path=path,
+                    target=tid,
+                    reason="no longer valid (garbage-collected?)",
+                )
             await self.queue.reschedule(
                 tid, gone, state=FAILED, due=0, reason="path is no longer valid in the local store"
             )
@@ -187,12 +199,15 @@ class TargetWorker:
             return
         except Exception as e:  # a bug in a target must not lose the paths: keep them queued
             log.exception("push.bug", target=tid)
-            await self._transient(live, attempts, TransientError(f"internal error: {type(e).__name__}: {e}"))
+            await self._transient(
+                live, attempts, TransientError(f"internal error: {type(e).__name__}: {e}")
+            )
             return
         self.breaker.success()
         ok = set(report.uploaded) | set(report.present) | set(report.upstream)
         await self.queue.record_pushed(tid, ok | (known & wanted))
-        done, by_error = [], {}
+        done: list[str] = []
+        by_error: dict[str, Exception] = {}
         for root in live:
             failed = [p for p in closures[root] if p in report.failed]
             if not failed:
@@ -235,13 +250,23 @@ class TargetWorker:
         self.stats.last_error = str(err)
         self.stats.last_error_at = time.time()
 
-    async def _transient(self, roots: Sequence[str], attempts: dict[str, int], err: TransientError | PushError) -> None:
+    async def _transient(
+        self, roots: Sequence[str], attempts: dict[str, int], err: TransientError | PushError
+    ) -> None:
         self._note(err)
         retry_after = err.retry_after if isinstance(err, TransientError) else None
         worst = max((attempts.get(r, 0) for r in roots), default=0)
         delay = self.backoff.delay(worst, retry_after)
-        log.warning("push.retry", target=self.target.id, paths=len(roots), seconds=round(delay, 1), error=str(err))
-        await self.queue.reschedule(self.target.id, roots, state=PENDING, due=time.time() + delay, reason=str(err))
+        log.warning(
+            "push.retry",
+            target=self.target.id,
+            paths=len(roots),
+            seconds=round(delay, 1),
+            error=str(err),
+        )
+        await self.queue.reschedule(
+            self.target.id, roots, state=PENDING, due=time.time() + delay, reason=str(err)
+        )
 
     async def _park(self, roots: Sequence[str], err: PushError) -> None:
         self._note(err)

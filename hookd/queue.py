@@ -103,9 +103,9 @@ class Queue:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._ops: stdqueue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = (
-            stdqueue.SimpleQueue()
-        )
+        self._ops: stdqueue.SimpleQueue[
+            tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None
+        ] = stdqueue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.commits = 0  # number of transactions committed (for tests and status)
 
@@ -114,7 +114,9 @@ class Queue:
     def open(self) -> Queue:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         ready: Future[None] = Future()
-        self._thread = threading.Thread(target=self._writer, args=(ready,), name="hookd-queue", daemon=True)
+        self._thread = threading.Thread(
+            target=self._writer, args=(ready,), name="hookd-queue", daemon=True
+        )
         self._thread.start()
         ready.result()
         return self
@@ -162,7 +164,9 @@ class Queue:
         conn.close()
 
     def _run_group(
-        self, conn: sqlite3.Connection, group: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]
+        self,
+        conn: sqlite3.Connection,
+        group: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
     ) -> None:
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
@@ -201,7 +205,9 @@ class Queue:
 
     # -- requests ----------------------------------------------------------------------
 
-    async def add_request(self, drv_path: str | None, out_paths: Sequence[str], source: str) -> bool:
+    async def add_request(
+        self, drv_path: str | None, out_paths: Sequence[str], source: str
+    ) -> bool:
         """Record one announcement durably. Returns False when it was already queued (idempotent)."""
         outs = json.dumps(sorted(set(out_paths)))
         now = time.time()
@@ -264,7 +270,10 @@ class Queue:
 
     async def defer_request(self, request_id: int, due: float) -> None:
         def op(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE requests SET due = ?, attempts = attempts + 1 WHERE id = ?", (due, request_id))
+            c.execute(
+                "UPDATE requests SET due = ?, attempts = attempts + 1 WHERE id = ?",
+                (due, request_id),
+            )
 
         await self._call(op)
 
@@ -290,7 +299,8 @@ class Queue:
     async def next_due(self, target: str) -> float | None:
         def op(c: sqlite3.Connection) -> float | None:
             row = c.execute(
-                "SELECT MIN(due) FROM items WHERE target = ? AND state IN ('pending', 'parked')", (target,)
+                "SELECT MIN(due) FROM items WHERE target = ? AND state IN ('pending', 'parked')",
+                (target,),
             ).fetchone()
             return row[0] if row else None
 
@@ -301,7 +311,9 @@ class Queue:
         pushed_rows = [(p, target, now) for p in set(pushed) | set(roots)]
 
         def op(c: sqlite3.Connection) -> None:
-            c.executemany("INSERT OR IGNORE INTO pushed (path, target, at) VALUES (?, ?, ?)", pushed_rows)
+            c.executemany(
+                "INSERT OR IGNORE INTO pushed (path, target, at) VALUES (?, ?, ?)", pushed_rows
+            )
             c.executemany(
                 "UPDATE items SET state = 'done', reason = NULL, updated = ? WHERE path = ? AND target = ?",
                 [(now, p, target) for p in roots],
@@ -313,11 +325,20 @@ class Queue:
         now = time.time()
         rows = [(p, target, now) for p in set(paths)]
         await self._call(
-            lambda c: c.executemany("INSERT OR IGNORE INTO pushed (path, target, at) VALUES (?, ?, ?)", rows)
+            lambda c: c.executemany(
+                "INSERT OR IGNORE INTO pushed (path, target, at) VALUES (?, ?, ?)", rows
+            )
         )
 
     async def reschedule(
-        self, target: str, paths: Sequence[str], *, state: str, due: float, reason: str, count_attempt: bool = True
+        self,
+        target: str,
+        paths: Sequence[str],
+        *,
+        state: str,
+        due: float,
+        reason: str,
+        count_attempt: bool = True,
     ) -> None:
         now = time.time()
         inc = 1 if count_attempt else 0
@@ -335,7 +356,9 @@ class Queue:
         def op(c: sqlite3.Connection) -> dict[str, int]:
             out: dict[str, int] = {}
             for p in paths:
-                row = c.execute("SELECT attempts FROM items WHERE path = ? AND target = ?", (p, target)).fetchone()
+                row = c.execute(
+                    "SELECT attempts FROM items WHERE path = ? AND target = ?", (p, target)
+                ).fetchone()
                 out[p] = row[0] if row else 0
             return out
 
@@ -352,7 +375,8 @@ class Queue:
                 found.update(
                     r[0]
                     for r in c.execute(
-                        f"SELECT path FROM pushed WHERE target = ? AND path IN ({marks})", (target, *chunk)
+                        f"SELECT path FROM pushed WHERE target = ? AND path IN ({marks})",
+                        (target, *chunk),
                     )
                 )
             return found
@@ -415,7 +439,9 @@ class Queue:
         return await self._call(op)
 
     async def pending_requests(self) -> int:
-        return await self._call(lambda c: int(c.execute("SELECT COUNT(*) FROM requests").fetchone()[0]))
+        return await self._call(
+            lambda c: int(c.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+        )
 
     async def problems(self, limit: int = 20) -> list[Item]:
         def op(c: sqlite3.Connection) -> list[Item]:
@@ -436,7 +462,8 @@ class Queue:
                 out.extend(
                     Item(*r)
                     for r in c.execute(
-                        "SELECT path, target, state, attempts, due, reason FROM items WHERE path = ?", (p,)
+                        "SELECT path, target, state, attempts, due, reason FROM items WHERE path = ?",
+                        (p,),
                     )
                 )
             return out
@@ -446,14 +473,21 @@ class Queue:
     async def done_since(self, since: float) -> int:
         return await self._call(
             lambda c: int(
-                c.execute("SELECT COUNT(*) FROM items WHERE state = 'done' AND updated >= ?", (since,)).fetchone()[0]
+                c.execute(
+                    "SELECT COUNT(*) FROM items WHERE state = 'done' AND updated >= ?", (since,)
+                ).fetchone()[0]
             )
         )
 
     async def active_roots(self) -> set[str]:
         """Paths that still have work (for GC-root bookkeeping)."""
         return await self._call(
-            lambda c: {r[0] for r in c.execute("SELECT DISTINCT path FROM items WHERE state IN ('pending', 'parked')")}
+            lambda c: {
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT path FROM items WHERE state IN ('pending', 'parked')"
+                )
+            }
         )
 
     async def is_settled(self, paths: Sequence[str]) -> bool:
@@ -472,9 +506,13 @@ class Queue:
         return await self._call(
             lambda c: [
                 Item(*r)
-                for r in c.execute("SELECT path, target, state, attempts, due, reason FROM items ORDER BY path, target")
+                for r in c.execute(
+                    "SELECT path, target, state, attempts, due, reason FROM items ORDER BY path, target"
+                )
             ]
         )
 
     async def skipped(self) -> dict[str, str]:
-        return await self._call(lambda c: dict(c.execute("SELECT path, reason FROM skipped").fetchall()))
+        return await self._call(
+            lambda c: dict(c.execute("SELECT path, reason FROM skipped").fetchall())
+        )

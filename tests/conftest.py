@@ -25,7 +25,9 @@ HOOKD = str(BIN / "hookd")
 HOOKD_HOOK = str(BIN / "hookd-hook")
 
 HAVE_NIX = shutil.which("nix-build") is not None
-needs_nix = pytest.mark.skipif(not HAVE_NIX, reason="needs real Nix: run scripts/setup.sh (installs Debian's nix-bin)")
+needs_nix = pytest.mark.skipif(
+    not HAVE_NIX, reason="needs real Nix: run scripts/setup.sh (installs Debian's nix-bin)"
+)
 
 
 def nonce() -> str:
@@ -55,7 +57,9 @@ def nix_build(
         argv += ["-A", attr]
     if hook is not None:
         argv += ["--option", "post-build-hook", str(hook)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env or nix_env(), check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env or nix_env(), check=False
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"nix-build failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -65,11 +69,15 @@ def instantiate(attr: str, nonce_value: str, args: dict[str, str] | None = None)
     argv = ["nix-instantiate", str(GRAPH), "--argstr", "nonce", nonce_value, "-A", attr]
     for k, v in (args or {}).items():
         argv += ["--arg", k, v]
-    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout.split()[0]
+    return subprocess.run(
+        argv, capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()[0]
 
 
 def outputs_of(drv: str) -> list[str]:
-    out = subprocess.run(["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
+    )
     return out.stdout.split()
 
 
@@ -84,16 +92,34 @@ def path_info(paths: list[str], store: str | None = None) -> dict[str, dict[str,
     return {d["path"]: d for d in json.loads(out.stdout) if d.get("valid", True)}
 
 
-def substitute(paths: list[str], *, store_dir: Path, substituter: str, public_key: str) -> subprocess.CompletedProcess[str]:
+def substitute(
+    paths: list[str], *, store_dir: Path, substituter: str, public_key: str
+) -> subprocess.CompletedProcess[str]:
     """Realise ``paths`` into a clean chroot store from ``substituter``, signatures checked."""
     argv = [
-        "nix-store", "--store", str(store_dir), "-r", *paths,
-        "--option", "substituters", substituter,
-        "--option", "trusted-public-keys", public_key,
-        "--option", "require-sigs", "true",
-        "--option", "narinfo-cache-negative-ttl", "0",
-        "--option", "narinfo-cache-positive-ttl", "0",
-        "--option", "download-attempts", "1",
+        "nix-store",
+        "--store",
+        str(store_dir),
+        "-r",
+        *paths,
+        "--option",
+        "substituters",
+        substituter,
+        "--option",
+        "trusted-public-keys",
+        public_key,
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "narinfo-cache-negative-ttl",
+        "0",
+        "--option",
+        "narinfo-cache-positive-ttl",
+        "0",
+        "--option",
+        "download-attempts",
+        "1",
     ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
 
@@ -162,10 +188,14 @@ class HookdProcess:
         self.hook_script = write_hook_script(workdir, self.socket, self.spool)
 
     def start(self, timeout: float = 30) -> HookdProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [HOOKD, "daemon", "--config", str(self.config_path)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=nix_env(), start_new_session=True,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=nix_env(),
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -233,12 +263,17 @@ class NixDaemon:
         self.conf_dir.mkdir()
         base = Path("/etc/nix/nix.conf").read_text() if Path("/etc/nix/nix.conf").exists() else ""
         lines = [line for line in base.splitlines() if not line.startswith("post-build-hook")]
-        (self.conf_dir / "nix.conf").write_text("\n".join([*lines, f"post-build-hook = {hook}", ""]))
+        (self.conf_dir / "nix.conf").write_text(
+            "\n".join([*lines, f"post-build-hook = {hook}", ""])
+        )
         self.socket = workdir / "nix-daemon.sock"
         self.log = workdir / "nix-daemon.log"
         env = nix_env(NIX_CONF_DIR=str(self.conf_dir), NIX_DAEMON_SOCKET_PATH=str(self.socket))
         self.proc = subprocess.Popen(
-            ["nix-daemon"], env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            ["nix-daemon"],
+            env=env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + 20

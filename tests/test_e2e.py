@@ -40,17 +40,24 @@ def built_paths(stdout: str) -> list[str]:
 def assert_substitutes(hookd: HookdProcess, paths: list[str], tmp_path: Path) -> None:
     """Real Nix fetches every path from the cache into a clean store, signature checked."""
     clean = tmp_path / "clean-store"
-    proc = substitute(paths, store_dir=clean, substituter=hookd.cache_url, public_key=hookd.public_key())
+    proc = substitute(
+        paths, store_dir=clean, substituter=hookd.cache_url, public_key=hookd.public_key()
+    )
     assert proc.returncode == 0, proc.stderr
     here = path_info(paths)
     there = path_info(paths, store=str(clean))
     assert set(there) == set(paths)
     for p in paths:
         assert there[p]["narHash"] == here[p]["narHash"]
-        assert any(s.startswith(hookd.public_key().split(":")[0] + ":") for s in there[p].get("signatures", []))
+        assert any(
+            s.startswith(hookd.public_key().split(":")[0] + ":")
+            for s in there[p].get("signatures", [])
+        )
     # and a key that did not sign them is refused
     wrong = substitute(
-        paths[:1], store_dir=tmp_path / "other-store", substituter=hookd.cache_url,
+        paths[:1],
+        store_dir=tmp_path / "other-store",
+        substituter=hookd.cache_url,
         public_key="someone-else-1:FeCt8u2RhKXGzHnwHmqVl6fX9qKziCt1yCz0L9IUfhY=",
     )
     assert wrong.returncode != 0
@@ -108,7 +115,11 @@ def run_hook(env: dict[str, str], socket_path: Path, spool: Path) -> tuple[int, 
     start = time.monotonic()
     proc = subprocess.run(
         [HOOKD_HOOK, "--socket", str(socket_path), "--spool", str(spool)],
-        env=env, capture_output=True, text=True, timeout=30, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     return proc.returncode, time.monotonic() - start, proc.stderr
 
@@ -117,7 +128,9 @@ def test_daemon_down_builds_succeed_and_paths_land_later(hookd: HookdProcess) ->
     n = nonce()
     proc = nix_build(GRAPH_ATTRS, nonce_value=n, hook=hookd.hook_script)  # no daemon running
     assert proc.returncode == 0
-    assert proc.stderr.count("daemon not reachable") == 5  # one line per built derivation (multi is one)
+    assert (
+        proc.stderr.count("daemon not reachable") == 5
+    )  # one line per built derivation (multi is one)
     spooled = sorted(hookd.spool.glob("*.json"))
     assert len(spooled) == 5
     outs = built_paths(proc.stdout)
@@ -165,7 +178,12 @@ def test_hook_imports_only_the_standard_library() -> None:
         "import sys, runpy; before=set(sys.modules); import hookd.hook; "
         "import json; print(json.dumps(sorted(set(sys.modules)-before)))"
     )
-    out = subprocess.run([os.path.join(os.path.dirname(HOOKD), "python"), "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(HOOKD), "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     loaded = json.loads(out.stdout)
     third_party = {"httpx", "tenacity", "yaml", "structlog", "watchfiles", "jwt", "cryptography"}
     assert not {m.split(".")[0] for m in loaded} & third_party, loaded
@@ -224,7 +242,9 @@ def test_bad_requests_get_error_replies_and_daemon_keeps_serving(hookd: HookdPro
         b'{"v":1,"op":"enqueue","out_paths":["relative/path"]}\n': "bad-path",
         b'{"v":1,"op":"enqueue","out_paths":["/tmp/x"]}\n': "outside-store",
         b'{"v":1,"op":"enqueue","out_paths":["/nix/store/../etc/passwd"]}\n': "bad-path",
-        b'{"v":1,"op":"enqueue","out_paths":["/nix/store/' + b"a" * 32 + b'-x\\u0000y"]}\n': "bad-path",
+        b'{"v":1,"op":"enqueue","out_paths":["/nix/store/'
+        + b"a" * 32
+        + b'-x\\u0000y"]}\n': "bad-path",
         b'{"v":1,"op":"enqueue","out_paths":["/nix/store/eeee-not-a-hash"]}\n': "bad-store-path",
         b'{"v":1,"op":"enqueue","out_paths":["' + good.encode() + b'/sub"]}\n': "bad-path",
         b"not json\n": "bad-json",
@@ -235,7 +255,10 @@ def test_bad_requests_get_error_replies_and_daemon_keeps_serving(hookd: HookdPro
     }
     for payload, code in cases.items():
         reply = hookd.client.raw(payload)
-        assert reply == {"v": 1, "ok": False, "error": code, "message": reply.get("message")}, (payload, reply)
+        assert reply == {"v": 1, "ok": False, "error": code, "message": reply.get("message")}, (
+            payload,
+            reply,
+        )
         assert reply["message"]
     big = b'{"v":1,"op":"enqueue","out_paths":["' + b"x" * (1024 * 1024 + 10) + b'"]}\n'
     assert hookd.client.raw(big)["error"] == "too-large"
@@ -258,9 +281,15 @@ def test_unlisted_peer_uid_is_refused(tmp_path: Path) -> None:
     code = (
         "import os,socket,sys;os.setgid(65534);os.setuid(65534);"
         "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
-        "s.sendall(b'{\"v\":1,\"op\":\"ping\"}\\n');print(s.recv(4096).decode())"
+        's.sendall(b\'{"v":1,"op":"ping"}\\n\');print(s.recv(4096).decode())'
     )
-    out = subprocess.run(["python3", "-c", code, str(hookd.socket)], capture_output=True, text=True, timeout=10, check=True)
+    out = subprocess.run(
+        ["python3", "-c", code, str(hookd.socket)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
     reply = json.loads(out.stdout)
     assert reply["ok"] is False and reply["error"] == "forbidden"
     assert "65534" in reply["message"]
@@ -316,15 +345,31 @@ def test_cli_push_wait_status_retry_drop(hookd: HookdProcess) -> None:
     hookd.start()
     out = built_paths(nix_build(["a"], nonce_value=nonce()).stdout)[0]
     env = nix_env(HOOKD_CONFIG=str(hookd.config_path))
-    proc = subprocess.run([HOOKD, "push", "--wait", "--timeout", "60", out], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [HOOKD, "push", "--wait", "--timeout", "60", out],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 path(s) settled; 0 not pushed" in proc.stdout
     assert hookd.cached(sorted(requisites([out]))) == requisites([out])
-    status = json.loads(subprocess.run([HOOKD, "status", "--json"], env=env, capture_output=True, text=True, check=True).stdout)
+    status = json.loads(
+        subprocess.run(
+            [HOOKD, "status", "--json"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert status["targets"][0]["done"] >= 1
     proc = subprocess.run([HOOKD, "retry"], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "--all" in proc.stderr
-    proc = subprocess.run([HOOKD, "enqueue", "/tmp/not-in-store"], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [HOOKD, "enqueue", "/tmp/not-in-store"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2 and "outside the store" in proc.stderr
     proc = subprocess.run([HOOKD, "drop", out], env=env, capture_output=True, text=True, check=True)
     assert "dropped 1" in proc.stdout

@@ -108,31 +108,35 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def upload_order(paths: Sequence[PathInfo]) -> dict[str, list[str]]:
-    """For each path, the references among ``paths`` it must wait for (self-references and
-    references outside the set ignored; edges inside a cycle, impossible in a real store,
-    dropped so nothing deadlocks)."""
+    """For each path, the references among ``paths`` it must wait for. Self-references and
+    references outside the set are ignored; a reference cycle (impossible in a real store) is
+    broken by dropping its back edges, so nothing deadlocks."""
     inside = {p.path for p in paths}
     deps = {p.path: sorted({r for r in p.references if r in inside and r != p.path}) for p in paths}
-    # Kahn's algorithm: whatever is left over sits on a cycle.
-    pending = {p: set(d) for p, d in deps.items()}
-    users: dict[str, list[str]] = {p: [] for p in deps}
-    for p, ds in deps.items():
-        for d in ds:
-            users[d].append(p)
-    ready = [p for p, ds in pending.items() if not ds]
-    done: set[str] = set()
-    while ready:
-        p = ready.pop()
-        done.add(p)
-        for u in users[p]:
-            pending[u].discard(p)
-            if not pending[u]:
-                ready.append(u)
-    cyclic = set(deps) - done
-    if cyclic:
-        log.warning("attic.reference_cycle", paths=sorted(cyclic))
-        for p in cyclic:
-            deps[p] = [d for d in deps[p] if d not in cyclic]
+    # Iterative DFS: an edge to a node still on the stack closes a cycle.
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = finished
+    dropped: list[tuple[str, str]] = []
+    for root in deps:
+        if root in state:
+            continue
+        state[root] = 1
+        stack = [(root, iter(list(deps[root])))]
+        while stack:
+            node, it = stack[-1]
+            for d in it:
+                if state.get(d) == 1:
+                    dropped.append((node, d))
+                elif d not in state:
+                    state[d] = 1
+                    stack.append((d, iter(list(deps[d]))))
+                    break
+            else:
+                state[node] = 2
+                stack.pop()
+    if dropped:
+        log.warning("attic.reference_cycle", edges=sorted(dropped))
+        for node, d in dropped:
+            deps[node].remove(d)
     return deps
 
 

@@ -25,7 +25,9 @@ _TRANSIENT = re.compile(
     r"|no route to host|ssh: connect|Resource temporarily unavailable|interrupted",
     re.IGNORECASE,
 )
-_AUTH = re.compile(r"permission denied|HTTP error 40[13]|access denied|AccessDenied|publickey", re.IGNORECASE)
+_AUTH = re.compile(
+    r"permission denied|HTTP error 40[13]|access denied|AccessDenied|publickey", re.IGNORECASE
+)
 _INVALID = re.compile(r"is not valid|does not exist", re.IGNORECASE)
 
 
@@ -87,7 +89,9 @@ class StoreTarget:
         ms = int((time.monotonic() - start) * 1000)
         size = sum(p.nar_size for p in closure)
         for info in closure:
-            log.info("push", path=info.path, target=self.id, bytes=info.nar_size, ms=ms, result="copied")
+            log.info(
+                "push", path=info.path, target=self.id, bytes=info.nar_size, ms=ms, result="copied"
+            )
         report.uploaded = paths
         report.bytes_sent = size
         return report
