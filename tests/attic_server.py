@@ -41,7 +41,6 @@ import threading
 import time
 import traceback
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +50,7 @@ from urllib.parse import unquote
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from jwt.algorithms import HMACAlgorithm
 
 from hookd.models import nix32_decode, nix32_encode
 
@@ -59,8 +59,25 @@ try:  # optional: only needed for compression="zstd"
 except ImportError:  # pragma: no cover - depends on the environment
     _zstd = None
 
-# PyJWT warns about short HMAC keys (Attic's own test secret is 18 bytes); the server must accept them.
-warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
+
+class _QuietHMAC(HMACAlgorithm):
+    """HS256 without PyJWT's short-key warning: atticd accepts any secret length (its own test
+    secret is 18 bytes), and warnings from server threads would only add noise to test runs."""
+
+    def check_key_length(self, key: Any) -> str | None:
+        return None
+
+
+def _make_jwt() -> jwt.PyJWT:
+    inst = jwt.PyJWT()
+    jws = getattr(inst, "_jws", None)
+    if jws is not None and hasattr(HMACAlgorithm, "check_key_length"):
+        jws.unregister_algorithm("HS256")
+        jws.register_algorithm("HS256", _QuietHMAC(HMACAlgorithm.SHA256))
+    return inst
+
+
+_JWT = _make_jwt()
 
 __all__ = [
     "NAMESPACE",
@@ -102,7 +119,7 @@ ERRORS: dict[str, tuple[int, str]] = {
 }
 
 NGINX_413 = (
-    b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+    b"<html><head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
     b"<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
     b"</body>\r\n</html>\r\n"
 )
@@ -1169,7 +1186,7 @@ class AtticTestServer:
         headers: Mapping[str, Any] | None = None,
     ) -> str:
         """Sign arbitrary claims with the server key (or ``key``/``algorithm``)."""
-        return jwt.encode(
+        return _JWT.encode(
             dict(claims),
             self._sign_key if key is None else key,
             algorithm=algorithm or self.algorithm,
@@ -1185,7 +1202,7 @@ class AtticTestServer:
                     return None
                 if typ.upper() != "JWT" and not typ.upper().endswith("+JWT"):
                     return None
-            claims = jwt.decode(
+            claims = _JWT.decode(
                 token,
                 self._verify_key,
                 algorithms=[self.algorithm],
