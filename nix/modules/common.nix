@@ -1,0 +1,373 @@
+# What the NixOS, nix-darwin and home-manager modules share: the option schema, the YAML that
+# hookd reads, the post-build-hook script and the checks behind their assertions.
+#
+#   common = import ./common.nix { inherit lib pkgs; };
+#
+# Every module calls this with its own `lib` and `pkgs`; nothing here is a module by itself.
+{ lib, pkgs }:
+
+let
+  inherit (lib)
+    mkOption
+    types
+    literalExpression
+    ;
+
+  # hookd/config.py: TOP_KEYS, SERVER_KEYS and CACHE_NAME_RE. hookd refuses unknown keys, so the
+  # modules check them at evaluation time instead of leaving a daemon that will not start.
+  topKeys = [
+    "socket"
+    "socket_group"
+    "state_dir"
+    "spool_dir"
+    "allowed_users"
+    "allowed_groups"
+    "servers"
+    "attic_config"
+    "targets"
+    "filter"
+    "upload"
+    "nix"
+    "log"
+  ];
+  nameRegex = "[A-Za-z0-9][A-Za-z0-9_+-]{0,49}";
+
+  settingsFormat = pkgs.formats.yaml { };
+
+  isStorePath = p: lib.hasPrefix "${builtins.storeDir}/" (toString p);
+
+  optionName = path: lib.concatStringsSep "." ([ "services" "attic-post-build-hook" ] ++ path);
+
+  serverModule =
+    { name, ... }:
+    {
+      options = {
+        endpoint = mkOption {
+          type = types.str;
+          example = "https://cache.example.com/";
+          description = "URL of the Attic server `${name}`.";
+        };
+        tokenFile = mkOption {
+          type = types.nullOr types.path;
+          default = null;
+          example = "/run/secrets/attic-token";
+          description = ''
+            File holding the Attic token (a JWT) that may push to the caches on this server, for
+            example one decrypted by sops-nix or agenix at activation. It must be an absolute path
+            outside the Nix store: the store is world-readable. On NixOS, systemd hands the file to
+            the daemon with `LoadCredential` (read as root when the service starts, so it may stay
+            root-only; restart `hookd.service` after rotating it, e.g. with sops-nix
+            `restartUnits`). Elsewhere the daemon reads the file itself, so the account it runs as
+            must be able to read it.
+          '';
+        };
+      };
+    };
+in
+rec {
+  inherit
+    topKeys
+    nameRegex
+    settingsFormat
+    isStorePath
+    optionName
+    ;
+
+  # The options every module declares. `defaults` sets the platform's paths:
+  #   { socket, stateDir, spoolDir, socketText ? null }  (null socket: hookd's own default)
+  options =
+    defaults:
+    {
+      enable = lib.mkEnableOption "hookd, which pushes every Nix build result to binary caches (Attic first)";
+
+      package = mkOption {
+        type = types.package;
+        default =
+          pkgs.hookd or (throw ''
+            ${optionName [ "package" ]}: pkgs.hookd does not exist. Use the module from the hookd
+            flake (`nixosModules.default`, `darwinModules.default` or `homeManagerModules.default`
+            set it), add the flake's `overlays.default`, or set this option.'');
+        defaultText = literalExpression "pkgs.hookd (the hookd flake's package when the module comes from the flake)";
+        description = "The hookd package (it provides `hookd` and `hookd-hook`).";
+      };
+
+      cacheName = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "main";
+        description = ''
+          The Attic cache to push to. Short form: every server in
+          {option}`${optionName [ "servers" ]}` gets one target `{ server = <name>; cache = cacheName; }`.
+          Set {option}`${optionName [ "settings" "targets" ]}` instead for anything else (several
+          caches, `nix copy` stores); when set, it wins.
+        '';
+      };
+
+      servers = mkOption {
+        type = types.attrsOf (types.submodule serverModule);
+        default = { };
+        example = literalExpression ''
+          {
+            main = {
+              endpoint = "https://cache.example.com/";
+              tokenFile = "/run/secrets/attic-token";
+            };
+          }
+        '';
+        description = "Attic servers, by name. Rendered to `servers:` in hookd's configuration.";
+      };
+
+      extraPostBuildHook = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = literalExpression ''pkgs.writeShellScript "sign-outputs" "…"'';
+        description = ''
+          Another post-build hook to run after hookd has taken the paths (Nix allows only one
+          `post-build-hook`, so put the one the host already has here). It sees the same
+          `DRV_PATH` and `OUT_PATHS`. Its exit status is logged and ignored: a chained hook never
+          fails the build.
+        '';
+      };
+
+      settings = mkOption {
+        default = { };
+        description = ''
+          hookd's configuration (see its README for every key), rendered to YAML. The short-form
+          options above fill in `servers`, `targets` and `attic_config`. Keys hookd does not know
+          are refused when the configuration is evaluated.
+        '';
+        example = literalExpression ''
+          {
+            upload.concurrency = 8;
+            filter.exclude = [ "-nixos-system-" ];
+            targets = [ { server = "main"; cache = "main"; } { store = "s3://bucket"; } ];
+          }
+        '';
+        type = types.submodule {
+          freeformType = settingsFormat.type;
+          options = {
+            socket = mkOption {
+              type = types.nullOr types.str;
+              default = defaults.socket;
+              defaultText = defaults.socketText or defaults.socket;
+              description = "Unix socket the daemon listens on and the hook connects to.";
+            };
+            state_dir = mkOption {
+              type = types.str;
+              default = defaults.stateDir;
+              description = "Directory for the durable queue and GC roots of queued paths.";
+            };
+            spool_dir = mkOption {
+              type = types.str;
+              default = defaults.spoolDir;
+              description = "Where the hook leaves paths when the daemon is not reachable; imported at start.";
+            };
+          };
+        };
+      };
+
+      postBuildHook = mkOption {
+        type = types.package;
+        readOnly = true;
+        description = ''
+          The generated post-build hook (read-only). Set as `nix.settings.post-build-hook` by the
+          module; reference it when Nix's configuration is managed elsewhere.
+        '';
+      };
+    };
+
+  # What goes into the YAML file.
+  #   cfg           the module's config
+  #   tokenPath     name -> server -> the path hookd should read the token from
+  render =
+    cfg: tokenPath:
+    let
+      servers = lib.mapAttrs (
+        name: server:
+        {
+          inherit (server) endpoint;
+        }
+        // lib.optionalAttrs (server.tokenFile != null) { token_file = tokenPath name server; }
+      ) cfg.servers;
+    in
+    {
+      servers = lib.mkIf (cfg.servers != { }) servers;
+      targets = lib.mkIf (cfg.cacheName != null) (
+        lib.mkDefault (
+          map (name: {
+            server = name;
+            cache = cfg.cacheName;
+          }) (lib.attrNames cfg.servers)
+        )
+      );
+      attic_config = lib.mkDefault false;
+    };
+
+  # The settings without unset (null) keys, as written to the file.
+  finalSettings = cfg: lib.filterAttrs (_: v: v != null) cfg.settings;
+
+  # JSON is YAML: writing it with builtins.toJSON needs no converter at build time and gives the
+  # exact text hookd reads.
+  configFile =
+    cfg:
+    pkgs.writeText "hookd-config.yaml" ''
+      # Generated by hookd's Nix module from services.attic-post-build-hook; do not edit.
+      ${builtins.toJSON (finalSettings cfg)}
+    '';
+
+  # The post-build hook. `socket` and `spool` are shell words (already quoted) so the
+  # home-manager module can use $XDG_RUNTIME_DIR.
+  hookScript =
+    {
+      cfg,
+      socket,
+      spool,
+    }:
+    pkgs.writeShellScript "hookd-post-build-hook" (
+      ''
+        # hookd post-build hook: hand this build's outputs (DRV_PATH, OUT_PATHS) to the hookd
+        # daemon and return. Nix aborts the build when a post-build hook fails, so this script
+        # always exits 0; hookd-hook itself returns within 2 s and spools when the daemon is down.
+        ${lib.escapeShellArg (lib.getExe' cfg.package "hookd-hook")} --socket ${socket} --spool ${spool} || true
+      ''
+      + lib.optionalString (cfg.extraPostBuildHook != null) ''
+        ${lib.escapeShellArg "${cfg.extraPostBuildHook}"} ||
+          printf 'hookd: chained post-build hook %s exited with status %s; ignored, the build goes on\n' \
+            ${lib.escapeShellArg "${cfg.extraPostBuildHook}"} "$?" >&2
+      ''
+      + ''
+        exit 0
+      ''
+    );
+
+  # Checks shared by every module: a list of { assertion; message; }.
+  assertions =
+    cfg:
+    let
+      settings = finalSettings cfg;
+      unknownKeys = lib.subtractLists topKeys (lib.attrNames settings);
+      storeTokens = lib.filterAttrs (_: s: s.tokenFile != null && isStorePath s.tokenFile) cfg.servers;
+      literalTokens = lib.filterAttrs (_: s: s.tokenFile != null && builtins.isPath s.tokenFile) cfg.servers;
+      badNames = lib.filter (n: builtins.match nameRegex n == null) (lib.attrNames cfg.servers);
+      badEndpoints = lib.filterAttrs (_: s: builtins.match "https?://[^/]+.*" s.endpoint == null) cfg.servers;
+      knownServers = lib.attrNames (settings.servers or { });
+      targets = settings.targets or [ ];
+      strayTargets = lib.filter (
+        t: builtins.isAttrs t && t ? server && !(builtins.elem t.server knownServers)
+      ) targets;
+    in
+    [
+      {
+        assertion = unknownKeys == [ ];
+        message = ''
+          ${optionName [ "settings" ]}: hookd does not know the key(s) ${lib.concatStringsSep ", " unknownKeys}
+          and would refuse to start. Known keys: ${lib.concatStringsSep ", " topKeys}.'';
+      }
+      {
+        assertion = literalTokens == { };
+        message = ''
+          ${optionName [ "servers" ]}.<name>.tokenFile for ${lib.concatStringsSep ", " (lib.attrNames literalTokens)}
+          is a Nix path literal, which Nix copies into the world-readable store. Use a string naming
+          the file at run time instead, e.g. tokenFile = "/run/secrets/attic-token"; (sops-nix:
+          config.sops.secrets.attic-token.path).'';
+      }
+      {
+        assertion = storeTokens == { };
+        message = ''
+          ${optionName [ "servers" ]}.<name>.tokenFile for ${lib.concatStringsSep ", " (lib.attrNames storeTokens)}
+          points into the Nix store (${lib.concatMapStringsSep ", " (s: toString s.tokenFile) (lib.attrValues storeTokens)}),
+          where every user can read it. Keep tokens outside the store, e.g. with sops-nix or agenix:
+          tokenFile = config.sops.secrets.attic-token.path;'';
+      }
+      {
+        assertion = badNames == [ ];
+        message = ''
+          ${optionName [ "servers" ]}: server name(s) ${lib.concatStringsSep ", " badNames} are not valid;
+          use 1-50 letters, digits, '-', '_' or '+', starting with a letter or digit.'';
+      }
+      {
+        assertion = badEndpoints == { };
+        message = ''
+          ${optionName [ "servers" ]}.<name>.endpoint must be an http:// or https:// URL; got
+          ${lib.concatStringsSep ", " (lib.mapAttrsToList (n: s: "${n} = \"${s.endpoint}\"") badEndpoints)}.'';
+      }
+      {
+        assertion = cfg.cacheName == null || builtins.match nameRegex cfg.cacheName != null;
+        message = ''
+          ${optionName [ "cacheName" ]} = "${toString cfg.cacheName}" is not an Attic cache name;
+          use 1-50 letters, digits, '-', '_' or '+', starting with a letter or digit.'';
+      }
+      {
+        assertion = cfg.cacheName == null || cfg.servers != { } || settings ? targets;
+        message = ''
+          ${optionName [ "cacheName" ]} is set but there is no server to push it to. Add one:
+          ${optionName [ "servers" ]}.main = { endpoint = "https://cache.example.com/"; tokenFile = "/run/secrets/attic-token"; };'';
+      }
+      {
+        assertion = targets != [ ];
+        message = ''
+          services.attic-post-build-hook is enabled but has nowhere to push. Set
+          ${optionName [ "cacheName" ]} and ${optionName [ "servers" ]}, or ${optionName [ "settings" "targets" ]}.'';
+      }
+      {
+        assertion = (settings.attic_config or false) != false || strayTargets == [ ];
+        message = ''
+          ${optionName [ "settings" "targets" ]} names server(s) ${lib.concatMapStringsSep ", " (t: toString t.server) strayTargets}
+          that are not configured. Known servers: ${lib.concatStringsSep ", " knownServers}. Add them
+          to ${optionName [ "servers" ]}.'';
+      }
+    ];
+
+  # Whether hookd pins queued paths with GC roots (settings.nix.gc_roots, on by default).
+  gcRootsEnabled = cfg: ((cfg.settings.nix or { }).gc_roots or true) != false;
+
+  # Where hookd keeps those roots; mirrors Config.gc_roots_dir in hookd/config.py (below Nix's
+  # gcroots, per user unless the daemon runs as root, suffixed for a non-default state_dir).
+  gcRootsDir =
+    { stateDir, user }:
+    let
+      name =
+        if stateDir == "/var/lib/hookd" then
+          "hookd"
+        else
+          "hookd-" + builtins.substring 0 12 (builtins.hashString "sha256" stateDir);
+    in
+    if user == "root" then
+      "/nix/var/nix/gcroots/${name}"
+    else
+      "/nix/var/nix/gcroots/per-user/${user}/${name}";
+
+  # Seconds the service manager waits after SIGTERM: hookd's own upload.stop_timeout (20 s by
+  # default) plus room to commit and exit.
+  stopTimeout = cfg: builtins.ceil (((cfg.settings.upload or { }).stop_timeout or 20) + 10);
+
+  # The host part of an endpoint URL, for the "pushing to yourself" warning.
+  endpointHost =
+    url:
+    let
+      rest = lib.last (lib.splitString "://" url);
+      authority = lib.head (lib.splitString "/" rest);
+      noUser = lib.last (lib.splitString "@" authority);
+      bracketed = builtins.match "\\[([^]]*)].*" noUser;
+    in
+    lib.toLower (if bracketed != null then lib.head bracketed else lib.head (lib.splitString ":" noUser));
+
+  # Servers whose endpoint is this machine (loopback or one of its names).
+  localServers =
+    cfg: hostNames:
+    let
+      local = [
+        "localhost"
+        "127.0.0.1"
+        "::1"
+        "0.0.0.0"
+      ] ++ map lib.toLower (lib.filter (n: n != null && n != "") hostNames);
+    in
+    lib.filterAttrs (
+      _: s:
+      let
+        host = endpointHost s.endpoint;
+      in
+      builtins.elem host local || lib.hasPrefix "127." host || lib.hasSuffix ".localhost" host
+    ) cfg.servers;
+}

@@ -1,0 +1,57 @@
+# The flake's outputs (flake.nix only forwards its inputs here).
+{ self, nixpkgs, ... }:
+
+let
+  inherit (nixpkgs) lib;
+
+  systems = [
+    "x86_64-linux"
+    "aarch64-linux"
+    "x86_64-darwin"
+    "aarch64-darwin"
+  ];
+  forAllSystems = f: lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
+
+  modules = import ./modules { packages = self.packages; };
+
+  template = name: description: {
+    inherit description;
+    path = ../templates + "/${name}";
+    welcomeText = ''
+      # hookd: ${description}
+      Read README.md in this directory: it lists what to edit before the first switch.
+    '';
+  };
+in
+{
+  packages = forAllSystems (
+    _: pkgs: rec {
+      hookd = pkgs.callPackage ./package.nix { };
+      default = hookd;
+    }
+  );
+
+  overlays.default = final: _prev: { hookd = final.callPackage ./package.nix { }; };
+
+  nixosModules = {
+    attic-post-build-hook = modules.nixos;
+    default = modules.nixos;
+  };
+  darwinModules = {
+    attic-post-build-hook = modules.darwin;
+    default = modules.darwin;
+  };
+  homeManagerModules = {
+    attic-post-build-hook = modules.homeManager;
+    default = modules.homeManager;
+  };
+
+  templates = {
+    basic-client = template "basic-client" "a NixOS host pushing its builds to one Attic cache";
+    automated-client = template "automated-client" "CI builders (NixOS and macOS) pushing to several caches";
+    secure-enterprise = template "secure-enterprise" "tokens from sops-nix, NixOS hosts and developer home-manager setups";
+    default = self.templates.basic-client;
+  };
+
+  checks = forAllSystems (import ./checks.nix { inherit self nixpkgs; });
+}
