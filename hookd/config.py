@@ -435,7 +435,7 @@ def _attic_client_servers(setting: object, r: _Reader) -> dict[str, ServerConfig
                 raise ConfigError(f"{path}: servers.{name}.{k}: expected a string")
         servers[name] = ServerConfig(
             name=name,
-            endpoint=_endpoint(str(entry["endpoint"]), r, f"attic servers.{name}.endpoint"),
+            endpoint=_endpoint(str(entry["endpoint"]), _Reader(str(path)), f"servers.{name}.endpoint"),
             token_file=Path(token_file) if token_file else None,
             token=token,
         )
