@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import yaml
 
 from hookd import provision
 from hookd.errors import ConfigError
@@ -839,3 +840,56 @@ def test_durations_and_retention() -> None:
             parse_duration(bad, "x")
     with pytest.raises(ConfigError, match="too long"):
         parse_retention("100000d", "x")
+
+
+# -- the documentation and the Kubernetes example stay true ------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _doc_block(text: str, after: str, fence: str) -> str:
+    start = text.index(fence, text.index(after)) + len(fence)
+    return text[start : text.index("```", start)]
+
+
+def test_docs_example_and_its_dry_run_output(
+    srv: AtticTestServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    doc = (ROOT / "docs" / "provisioning.md").read_text()
+    config = write_config(tmp_path, _doc_block(doc, "## The YAML file", "```yaml\n"))
+    console = _doc_block(doc, "## What a run does", "```console\n")
+    expected = console.split("--dry-run\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    srv.create_cache("team")
+    srv.create_cache("legacy")
+    srv.create_cache("scratch")
+    admin = admin_env(monkeypatch, srv)
+    monkeypatch.setenv("ATTIC_SERVER_URL", srv.url)
+    result = run(capsys, config, "--dry-run", secrets=(admin,))
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == expected
+
+
+def test_kubernetes_example_is_consistent() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "k8s" / "provision-job.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    config_map, job = kinds["ConfigMap"], kinds["Job"]
+    cfg = provision.parse_config(
+        yaml.safe_load(config_map["data"]["attic.yaml"]),
+        source="attic.yaml",
+        env={"ATTIC_ADMIN_TOKEN": "x"},
+    )
+    assert [c.name for c in cfg.caches] and [t.name for t in cfg.tokens]
+    pod = job["spec"]["template"]["spec"]
+    [step] = pod["initContainers"]
+    assert step["command"][:4] == ["hookd", "provision", "--config", "/config/attic.yaml"]
+    out_dir = step["command"][step["command"].index("--output-dir") + 1]
+    mounts = {m["mountPath"]: m["name"] for m in step["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/config"]]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert "emptyDir" in volumes[mounts[out_dir]]
+    assert step["envFrom"][0]["secretRef"]["name"] == "attic-provision"
+    [publish] = pod["containers"]
+    assert any(m["mountPath"] == out_dir for m in publish["volumeMounts"])
