@@ -191,7 +191,9 @@ def hashes(infos: list[PathInfo]) -> set[str]:
     return {p.hash_part for p in infos}
 
 
-def substitute(tmp: Path, paths: list[str], srv: AtticTestServer, public_key: str, token: str):  # type: ignore[no-untyped-def]
+def substitute(
+    tmp: Path, paths: list[str], srv: AtticTestServer, public_key: str, token: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     store = tmp / f"store-{uuid.uuid4().hex[:6]}"
     netrc = tmp / f"netrc-{uuid.uuid4().hex[:6]}"
     netrc.write_text(f"machine 127.0.0.1 login hookd password {token}\n")
@@ -539,7 +541,9 @@ def test_429_retry_after_is_honoured(srv: AtticTestServer, graph: Graph, tmp_pat
     assert len(report.uploaded) == 1
     first, second = [r for r in srv.requests if "cache-config" in r.path][:2]
     assert first.status == 429 and second.status == 200
-    assert second.time - first.time >= 1.0
+    # Timestamps the server took when it read each request's headers.
+    stamp = lambda r: getattr(r, "monotonic", r.time)  # noqa: E731
+    assert stamp(second) - stamp(first) >= 1.0
 
 
 def test_429_retry_after_beyond_max_backoff_is_raised(
@@ -551,6 +555,50 @@ def test_429_retry_after_beyond_max_backoff_is_raised(
     assert isinstance(err, TransientError) and err.status == 429
     assert err.retry_after == 3600  # the pusher schedules the retry; nothing slept in-process
     assert srv.count() == 1
+
+
+def test_transient_per_path_failure_after_retries(
+    srv: AtticTestServer, graph: Graph, tmp_path: Path
+) -> None:
+    tf = write_token(tmp_path / "token", srv.make_token({"team": {"r": 1, "w": 1}}))
+    (b,) = graph.closure("b")
+    missing = (
+        200,
+        {"Content-Type": "application/json"},
+        json.dumps({"missing_paths": [b.hash_part]}).encode(),
+    )
+    unavailable = (503, {"Content-Type": "text/html"}, b"<html>503 Service Unavailable</html>")
+
+    async def scenario(t: AtticTarget) -> PushReport:
+        await t.check()
+        srv.faults.status_script = [missing] + [unavailable] * UPLOAD.retry_attempts
+        return await t.push([b])
+
+    report = run(make_target(srv, tf), scenario)
+    err = report.failed[b.path]
+    assert isinstance(err, TransientError) and err.status == 503
+    assert "HTTP 503: <html>503 Service Unavailable</html>" in str(err)
+    assert srv.count(method="PUT") == UPLOAD.retry_attempts
+
+
+def test_cache_config_cached_then_refetched_after_error(
+    srv: AtticTestServer, graph: Graph, tmp_path: Path
+) -> None:
+    tf = write_token(tmp_path / "token", srv.make_token({"team": {"r": 1, "w": 1}}))
+
+    async def scenario(t: AtticTarget) -> None:
+        await t.push(graph.closure("b"))
+        await t.push(graph.closure("c"))
+        assert srv.count(method="GET", path_prefix="/_api/v1/cache-config/") == 1
+        srv.delete_cache("team")
+        with pytest.raises(ParkedError):
+            await t.push(graph.closure("a"))  # cached config: fails at get-missing-paths
+        srv.create_cache("team")
+        report = await t.push(graph.closure("a"))
+        assert len(report.uploaded) == 3  # a, b, c
+        assert srv.count(method="GET", path_prefix="/_api/v1/cache-config/") == 2
+
+    run(make_target(srv, tf), scenario)
 
 
 def test_parse_retry_after() -> None:
