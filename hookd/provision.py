@@ -1354,6 +1354,16 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hookd provision",
@@ -1391,7 +1401,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-tokens", action="store_true", help="converge caches only; mint no token")
     p.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per request (default 30)"
+        "--timeout",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="per request (default 30)",
     )
     return p
 
@@ -1582,3 +1596,7 @@ def _json_doc(
     else:
         doc["tokens"] = {t.spec.name: {**t.summary(), "token": t.token} for t in minted}
     return doc
+
+
+if __name__ == "__main__":  # python -m hookd.provision ARGS…
+    sys.exit(main())
