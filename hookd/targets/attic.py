@@ -233,6 +233,7 @@ class AtticTarget:
         async with self._config_lock:
             if self._config is not None and not refresh:
                 return self._config
+            self._config = None
             self._api = self.server.endpoint
             url = self.server.endpoint + API + f"cache-config/{self.cache}"
 
@@ -446,6 +447,11 @@ class AtticTarget:
                 )
         except NixError as e:
             raise PermanentError(f"cannot read the NAR of {info.path}: {e}") from None
+        except OSError as e:  # cannot spawn nix-store, EMFILE, dump timeout (TimeoutError)
+            raise TransientError(
+                f"cannot stream the NAR of {info.path} (`nix-store --dump`): "
+                f"{type(e).__name__}: {e}"
+            ) from None
         try:
             result = resp.json()
         except ValueError:
