@@ -323,12 +323,6 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     return EXIT_FAIL if problems else EXIT_OK
 
 
-def cmd_provision(args: argparse.Namespace, config: Config | None) -> int:
-    from hookd import provision
-
-    return provision.main(args.rest)
-
-
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -378,12 +372,11 @@ def get_parser() -> argparse.ArgumentParser:
         "--since", help="a duration (2h, 3d), epoch seconds or an ISO date (default: all)"
     )
     add("check", "validate config and token files, reach every target")
-    p = sub.add_parser(
+    sub.add_parser(
         "provision",
         help="create/configure Attic caches and mint tokens (see `hookd provision --help`)",
         add_help=False,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -401,9 +394,12 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["provision"]:  # its own parser: every option after the word is its own
+        from hookd import provision
+
+        return provision.main(argv[1:])
     args = get_parser().parse_args(argv)
-    if args.command == "provision":
-        return cmd_provision(args, None)
     try:
         config = load_config(args.config)
         if args.socket:

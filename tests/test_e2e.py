@@ -419,3 +419,12 @@ def test_outputs_resolved_from_drv_when_out_paths_empty(hookd: HookdProcess) -> 
     assert rc == 0 and err == ""
     assert hookd.client.wait(timeout=60)["drained"]
     assert hookd.cached(outs) == set(outs)
+
+
+def test_cli_passes_provision_arguments_through(tmp_path: Path) -> None:
+    proc = subprocess.run([HOOKD, "provision", "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "usage: hookd provision" in proc.stdout
+    proc = subprocess.run(
+        [HOOKD, "provision", "--config", str(tmp_path / "missing.yaml")], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2 and "missing.yaml" in proc.stderr
