@@ -16,7 +16,28 @@ Manual use / benchmarks::
 
     python -m tests.attic_server --port 0 --cache team --cache pub:public --print-token
 
-prints the URL (first line) and a root token (second line) on stdout and runs until SIGTERM.
+prints the URL (first line) and a root token (second line) on stdout, one ``cache NAME PUBKEY``
+line per cache on stderr, and runs until SIGTERM/SIGINT.
+
+Beyond the agreed interface (AtticTestServer, Faults, make_token, create_cache, ...):
+
+* ``srv.cache(name)`` returns the live ``CacheState``; ``.keypair`` is the secret key text
+  (``name:base64(64 bytes)``), ``.keypair_obj`` the ``Keypair``; assigning fields takes effect.
+* ``StoredObject.nar_hash`` is ``"sha256:<64 hex>"`` (the wire/narinfo form);
+  ``.nar_hash_hex`` is the bare hex digest, ``.nar_hash_bytes`` the raw digest.
+* ``RequestRecord.error_kind`` is the Attic error name for JSON errors, or for framework
+  rejections ``UnsupportedMediaType`` / ``JsonSyntaxError`` / ``JsonDataError`` /
+  ``PayloadTooLarge`` / ``InvalidUrl`` / ``MethodNotAllowed`` / ``BadRequest``; injected faults
+  are ``fault:fail`` / ``fault:reset`` / ``fault:status_script`` / ``fault:max_body_size``;
+  ``client-gone`` when the client disconnected. ``status`` is None when nothing was sent.
+  ``auth`` is the Authorization scheme only, ``sub`` the subject of a token that verified.
+* Extras: ``srv.root_token()``, ``srv.add_object(cache, store_path, nar, references=...)``,
+  ``srv.nar_bytes(cache, hash)``, ``srv.caches()``, ``srv.clear_records()``,
+  ``srv.errors`` (tracebacks of unexpected server exceptions; tests should assert it is empty),
+  ``srv.faults.include_binary_cache``, ``srv.faults.clear()``, ``delete_cache(name, soft=None)``,
+  constructor keywords ``substituter_endpoint``, ``host``, ``port``, ``data_dir``.
+* "Chunked" uploads (nar_size >= nar_size_threshold > 0) report ``frac_deduplicated`` as a
+  number, estimated over fixed 64 KiB blocks (no FastCDC); unchunked ones report null.
 """
 
 from __future__ import annotations
