@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -1365,3 +1366,21 @@ def test_real_nix_substitutes_from_the_server(tmp_path: Path) -> None:
         bad = substitute("chroot2", Keypair.generate("team").public_key)
         assert bad.returncode != 0
         assert not (tmp_path / "chroot2" / out.lstrip("/")).exists()
+
+
+def test_concurrent_uploads_of_one_path_all_succeed(srv: AtticTestServer, w: str) -> None:
+    nar = os.urandom(200_000)
+    info = nar_info("team", nar)
+    others = [(nar_info("team", x), x) for x in (os.urandom(70_000) for _ in range(6))]
+
+    def one(item: tuple[dict[str, Any], bytes]) -> int:
+        with httpx.Client(base_url=srv.url, timeout=20) as c:
+            return put(c, item[0], iter([item[1][:1000], item[1][1000:]]), w).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(one, [(info, nar)] * 6 + others))
+    assert statuses == [200] * 12
+    objs = srv.objects("team")
+    assert len(objs) == 7
+    assert srv.nar_bytes("team", info["store_path_hash"]) == nar
+    assert all(srv.nar_bytes("team", i["store_path_hash"]) == x for i, x in others)
