@@ -25,6 +25,7 @@ from hookd.config import AtticTargetConfig, Config, StoreTargetConfig
 from hookd.errors import ConfigError, NixError
 from hookd.filters import Filter
 from hookd.gcroots import GcRoots
+from hookd.logs import setup_logging
 from hookd.nix import Nix
 from hookd.pusher import Backoff, Breaker, TargetWorker
 from hookd.queue import Queue, Request
@@ -134,6 +135,7 @@ class Daemon:
             from hookd.tokens import TokenStore
 
             self.tokens = TokenStore(cfg.servers, store_dir=self.nix.store_dir())
+            setup_logging(cfg.log_format, cfg.log_level, redact=self.tokens.processor)
         self.targets = await asyncio.to_thread(build_targets, cfg, self.nix, self.tokens)
         breakers: dict[str, Breaker] = {}
         for target in self.targets:
@@ -593,10 +595,9 @@ class Daemon:
 
     async def token_loop(self) -> None:
         def changed(server: str) -> None:
-            log.info("token.changed", server=server, action="resuming parked work")
             asyncio.get_running_loop().create_task(self._resume_server(server))
 
-        await self.tokens.watch(changed)
+        await self.tokens.watch(changed, stop_event=self.stopping)
 
     async def _resume_server(self, server: str) -> None:
         n = await self.queue.unpark(f"attic:{server}/")

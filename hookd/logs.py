@@ -15,7 +15,13 @@ LEVELS = {
 }
 
 
-def setup_logging(fmt: str = "auto", level: str = "info", stream: object = None) -> None:
+def setup_logging(
+    fmt: str = "auto",
+    level: str = "info",
+    stream: object = None,
+    redact: structlog.typing.Processor | None = None,
+) -> None:
+    """Configure structlog; ``redact`` (TokenStore.processor) scrubs tokens from every event."""
     stream = stream or sys.stderr
     json_lines = fmt == "json" or (fmt == "auto" and not getattr(stream, "isatty", lambda: False)())
     renderer: structlog.typing.Processor = (
@@ -29,6 +35,7 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: object = None)
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *([redact] if redact is not None else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
