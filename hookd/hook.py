@@ -24,7 +24,7 @@ DEFAULT_SPOOL = "/var/lib/hookd/spool"
 BUDGET = 1.8  # seconds for connect + send + ack; interpreter start-up takes the rest of the 2 s
 
 
-def _arg(argv, flag, env, default):
+def _arg(argv: list[str], flag: str, env: str, default: str) -> str:
     if flag in argv:
         i = argv.index(flag)
         if i + 1 < len(argv):
@@ -35,7 +35,7 @@ def _arg(argv, flag, env, default):
     return os.environ.get(env) or default
 
 
-def _json_string(text):
+def _json_string(text: str) -> str:
     """A JSON string literal (json.dumps semantics for str) without importing json."""
     out = ['"']
     for ch in text:
@@ -54,7 +54,7 @@ def _json_string(text):
     return "".join(out)
 
 
-def _request():
+def _request() -> tuple[bytes, bool]:
     """The enqueue request as one NDJSON line, and whether it carries anything at all."""
     drv = os.environ.get("DRV_PATH", "").strip()
     outs = os.environ.get("OUT_PATHS", "").split()
@@ -66,12 +66,12 @@ def _request():
     return line.encode("utf-8", "surrogateescape"), bool(drv or outs)
 
 
-def _acknowledged(reply):
+def _acknowledged(reply: bytes) -> bool:
     # The daemon answers compact JSON: {"v":1,"ok":true,...}. Only a positive answer counts.
     return reply.startswith(b"{") and b'"ok":true' in reply
 
 
-def _send(sock_path, payload, deadline):
+def _send(sock_path: str, payload: bytes, deadline: float) -> None:
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(max(0.05, deadline - time.monotonic()))
@@ -90,7 +90,7 @@ def _send(sock_path, payload, deadline):
         raise RuntimeError(_reason(reply))
 
 
-def _reason(reply):
+def _reason(reply: bytes) -> str:
     if not reply:
         return "no acknowledgement from the daemon"
     marker = b'"message":"'
@@ -100,7 +100,7 @@ def _reason(reply):
     return reply[i + len(marker) :].split(b'"', 1)[0].decode("utf-8", "replace")[:200]
 
 
-def _spool(spool_dir, payload):
+def _spool(spool_dir: str, payload: bytes) -> str:
     os.makedirs(spool_dir, mode=0o755, exist_ok=True)
     name = f"{time.time_ns()}-{os.getpid()}.json"
     tmp = os.path.join(spool_dir, "." + name + ".tmp")
@@ -120,7 +120,7 @@ def _spool(spool_dir, payload):
     return final
 
 
-def run(argv):
+def run(argv: list[str]) -> None:
     deadline = time.monotonic() + BUDGET
     payload, has_paths = _request()
     if not has_paths:
@@ -143,7 +143,7 @@ def run(argv):
         )
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     try:
         run(sys.argv[1:] if argv is None else argv)
     except BaseException as e:  # never fail the build, whatever happened
