@@ -422,9 +422,52 @@ def test_outputs_resolved_from_drv_when_out_paths_empty(hookd: HookdProcess) -> 
 
 
 def test_cli_passes_provision_arguments_through(tmp_path: Path) -> None:
-    proc = subprocess.run([HOOKD, "provision", "--help"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [HOOKD, "provision", "--help"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0 and "usage: hookd provision" in proc.stdout
     proc = subprocess.run(
-        [HOOKD, "provision", "--config", str(tmp_path / "missing.yaml")], capture_output=True, text=True, check=False
+        [HOOKD, "provision", "--config", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2 and "missing.yaml" in proc.stderr
+
+
+def test_configured_store_targets_sign_with_their_key(tmp_path: Path) -> None:
+    """A binary-cache URL signs in the cache (`secret-key=`); a local store is signed locally first."""
+    key, pub = tmp_path / "mirror.sec", tmp_path / "mirror.pub"
+    subprocess.run(
+        ["nix-store", "--generate-binary-cache-key", "mirror-1", str(key), str(pub)], check=True
+    )
+    mirror = tmp_path / "mirror"
+    other = tmp_path / "other-store"
+    hookd = HookdProcess(
+        tmp_path,
+        {
+            "targets": [
+                {"store": f"file://{mirror}?compression=none", "secret_key_file": str(key)},
+                {"store": str(other), "secret_key_file": str(key)},
+            ]
+        },
+    )
+    hookd.start()
+    outs = built_paths(nix_build(["d"], nonce_value=nonce(), hook=hookd.hook_script).stdout)
+    assert hookd.client.wait(timeout=120)["drained"]
+    closure = sorted(requisites(outs))
+    status = {t["id"]: t for t in hookd.status()["targets"]}
+    assert [t["done"] for t in status.values()] == [4, 4], status
+    proc = substitute(
+        closure,
+        store_dir=tmp_path / "clean",
+        substituter=f"file://{mirror}",
+        public_key=pub.read_text().strip(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    copied = path_info(closure, store=str(other))
+    assert set(copied) == set(closure)
+    assert all(
+        any(s.startswith("mirror-1:") for s in d.get("signatures", [])) for d in copied.values()
+    )
+    hookd.stop()
