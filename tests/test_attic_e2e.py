@@ -304,3 +304,52 @@ def test_check_command_reports_tokens_and_targets(srv: AtticTestServer, tmp_path
     write_token(tmp_path / "prod.token", srv.make_token({"team": {"r": 1, "w": 1}}, validity=3600))
     soon = subprocess.run([HOOKD, "check"], env=env, capture_output=True, text=True, check=False)
     assert soon.returncode == 1 and "expires" in soon.stdout
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
+def test_token_never_in_argv_or_environment_of_daemon_or_children(
+    srv: AtticTestServer, tmp_path: Path
+) -> None:
+    token = srv.make_token({"team": {"r": 1, "w": 1}}, sub="secret-check")
+    hookd = attic_daemon(tmp_path, {"prod": (srv, token)})
+    hookd.start()
+    assert hookd.proc is not None
+    n = nonce()
+    (big,) = outs_of(nix_build(["big"], nonce_value=n, args={"bigMiB": "64"}))
+    hookd.client.call({"op": "enqueue", "out_paths": [big]})
+    seen: dict[int, bytes] = {}
+
+    def children_seen() -> bool:
+        assert hookd.proc is not None
+        for pid in [hookd.proc.pid, *_descendants(hookd.proc.pid)]:
+            try:
+                seen[pid] = (
+                    Path(f"/proc/{pid}/cmdline").read_bytes()
+                    + Path(f"/proc/{pid}/environ").read_bytes()
+                )
+            except OSError:
+                continue
+        return any(b"nix-store" in v for v in seen.values())
+
+    deadline = time.monotonic() + 60
+    while not children_seen():  # a tight scan of /proc while the 64 MiB upload is in flight
+        assert time.monotonic() < deadline, "never saw the upload's nix-store --dump child"
+    secret = token.encode()
+    for pid, blob in seen.items():
+        assert secret not in blob, f"token found in argv/environ of pid {pid}"
+    until(lambda: target_status(hookd, "attic:prod/team")["done"] == 1, hookd, timeout=120)
+    assert token not in hookd.log()
+    hookd.stop()
