@@ -298,7 +298,7 @@ rec {
           use 1-50 letters, digits, '-', '_' or '+', starting with a letter or digit.'';
       }
       {
-        assertion = cfg.cacheName == null || cfg.servers != { } || settings ? targets;
+        assertion = cfg.cacheName == null || cfg.servers != { };
         message = ''
           ${optionName [ "cacheName" ]} is set but there is no server to push it to. Add one:
           ${optionName [ "servers" ]}.main = { endpoint = "https://cache.example.com/"; tokenFile = "/run/secrets/attic-token"; };'';

@@ -70,8 +70,10 @@ in
     };
     logFile = lib.mkOption {
       type = lib.types.str;
-      default = "/var/log/hookd.log";
-      description = "Where launchd writes the daemon's output (JSON lines).";
+      default =
+        if cfg.user == "root" then "/var/log/hookd.log" else "${cfg.settings.state_dir}/hookd.log";
+      defaultText = lib.literalExpression ''if user == "root" then "/var/log/hookd.log" else "''${settings.state_dir}/hookd.log"'';
+      description = "Where launchd writes the daemon's output (JSON lines); the user must be able to create it.";
     };
   };
 

@@ -49,7 +49,7 @@ let
     if cfg.settings.socket != null then
       esc cfg.settings.socket
     else
-      "\"\${XDG_RUNTIME_DIR:-/run/user/$(id -u)}/hookd/hookd.sock\"";
+      "\"\${XDG_RUNTIME_DIR:-/run/user/$(${lib.getExe' pkgs.coreutils "id"} -u)}/hookd/hookd.sock\"";
 
   serverNames = lib.attrNames cfg.servers;
 in

@@ -23,6 +23,21 @@ let
 
   configFile = common.configFile cfg;
   gcRoots = common.gcRootsEnabled cfg;
+
+  # systemd creates and owns directories below /var/lib and /run (StateDirectory,
+  # RuntimeDirectory); a directory elsewhere gets a tmpfiles rule and ReadWritePaths.
+  below =
+    prefix: dir: if lib.hasPrefix "${prefix}/" dir then lib.removePrefix "${prefix}/" dir else null;
+  stateDirs = [
+    cfg.settings.state_dir
+    cfg.settings.spool_dir
+  ];
+  socketDir = dirOf cfg.settings.socket;
+  managedState = lib.filter (d: below "/var/lib" d != null) stateDirs;
+  otherDirs = lib.unique (
+    lib.filter (d: below "/var/lib" d == null) stateDirs
+    ++ lib.optional (below "/run" socketDir == null) socketDir
+  );
   gcRootsDir = common.gcRootsDir {
     stateDir = cfg.settings.state_dir;
     inherit (cfg) user;
@@ -122,7 +137,9 @@ in
 
     # hookd pins queued paths with symlinks below Nix's gcroots until they are uploaded; the
     # service may write only that one directory there.
-    systemd.tmpfiles.rules = lib.optional gcRoots "d ${gcRootsDir} 0755 ${cfg.user} ${cfg.group} - -";
+    systemd.tmpfiles.rules =
+      map (d: "d ${d} 0750 ${cfg.user} ${cfg.group} - -") otherDirs
+      ++ lib.optional gcRoots "d ${gcRootsDir} 0755 ${cfg.user} ${cfg.group} - -";
 
     systemd.services.${unit} = {
       description = "hookd: push Nix build results to binary caches";
@@ -160,14 +177,11 @@ in
           name: s: "${credentialId name}:${toString s.tokenFile}"
         ) tokenServers;
 
-        RuntimeDirectory = "hookd";
+        RuntimeDirectory = lib.mkIf (below "/run" socketDir != null) (below "/run" socketDir);
         RuntimeDirectoryMode = "0750";
-        StateDirectory = [
-          "hookd"
-          "hookd/spool"
-        ];
+        StateDirectory = map (below "/var/lib") managedState;
         StateDirectoryMode = "0750";
-        ReadWritePaths = lib.optional gcRoots gcRootsDir;
+        ReadWritePaths = otherDirs ++ lib.optional gcRoots gcRootsDir;
 
         CapabilityBoundingSet = [ "" ];
         DevicePolicy = "closed";
@@ -195,10 +209,11 @@ in
         RestrictRealtime = true;
         RestrictSUIDSGID = true;
         SystemCallArchitectures = "native";
+        # Not ~@resources: the nix client raises its stack limit (setrlimit) at start.
+        SystemCallErrorNumber = "EPERM";
         SystemCallFilter = [
           "@system-service"
           "~@privileged"
-          "~@resources"
         ];
         UMask = "0077";
       };

@@ -30,11 +30,14 @@ let
 
   # Assertions and warnings defined by one file (checking every NixOS assertion needs real
   # derivations, so only the hookd module's own are collected).
-  fromFile =
+  # The values one file defines for an option (a dotted path).
+  valuesFrom =
     eval: file: what:
-    lib.concatMap (d: d.value) (
-      lib.filter (d: lib.hasSuffix file d.file) eval.options.${what}.definitionsWithLocations
+    map (d: d.value) (
+      lib.filter (d: lib.hasSuffix file d.file)
+        (lib.getAttrFromPath (lib.splitString "." what) eval.options).definitionsWithLocations
     );
+  fromFile = eval: file: what: lib.concatLists (valuesFrom eval file what);
   failedFrom =
     eval: file: map (a: a.message) (lib.filter (a: !a.assertion) (fromFile eval file "assertions"));
   warningsFrom = eval: file: fromFile eval file "warnings";
@@ -162,6 +165,7 @@ expr {
     sources
     fakePkgs
     fromFile
+    valuesFrom
     failedFrom
     warningsFrom
     nixos

@@ -39,6 +39,8 @@ let
         dev = self;
         lib = self;
         man = self;
+        doc = self;
+        su = self;
         override = _: self;
         overrideAttrs = _: self;
       }
@@ -120,6 +122,42 @@ let
     "sops"
     "systemd"
     "util-linux"
+    "man"
+    "texinfoInteractive"
+    "man-db"
+    "less"
+    "nano"
+    "iptables"
+    "nixos-firewall-tool"
+    "nix-bash-completions"
+    "nix-info"
+    "bcache-tools"
+    "dosfstools"
+    "e2fsprogs"
+    "lvm2"
+    "nettools"
+    "iputils"
+    "iproute2"
+    "host"
+    "nixos-container"
+    "strace"
+    "rsync"
+    "perl"
+    "grub2"
+    "pam"
+    "sudo"
+    "su"
+    "fuse3"
+    "fuse"
+    "dbus"
+    "nsncd"
+    "openresolv"
+    "kmod"
+    "logrotate"
+    "makeInitrdNGTool"
+    "dhcpcd"
+    "tzdata"
+    "glibcLocales"
     "kexec-tools"
   ];
 
@@ -131,6 +169,10 @@ let
       inherit path;
       pkgs = pkgs;
       __splicedPackages = pkgs;
+      pkgsStatic = pkgs;
+      pkgsi686Linux = pkgs;
+      pkgsBuildBuild = pkgs;
+      buildPackages = pkgs;
       appendOverlays = _: pkgs;
       extend = _: pkgs;
       callPackage =
@@ -138,13 +180,18 @@ let
         let
           fn = if builtins.isFunction f then f else import f;
         in
-        fn (builtins.intersectAttrs (builtins.functionArgs fn) pkgs // args);
+        # Like the real one; an argument it does not know becomes a fake package.
+        fn (
+          lib.mapAttrs (n: optional: pkgs.${n} or (if optional then null else fakeDrv n { })) (
+            lib.filterAttrs (n: optional: !optional || pkgs ? ${n}) (builtins.functionArgs fn)
+          )
+          // args
+        );
 
-      stdenv = {
+      stdenv = lib.filterAttrs (n: _: lib.hasPrefix "is" n) platform // {
         hostPlatform = platform;
         buildPlatform = platform;
         targetPlatform = platform;
-        inherit (platform) isLinux isDarwin;
         shell = "${pkgs.bash}/bin/bash";
         cc = fakeDrv "cc" { };
         mkDerivation = args: fakeDrv (args.name or "${args.pname}-${args.version}") { inherit args; };
@@ -175,12 +222,17 @@ let
 
       writeText = writer "writeText";
       writeScript = writer "writeScript";
+      writeScriptBin = writer "writeScriptBin";
+      runtimeShell = "${pkgs.bash}/bin/bash";
       writeShellScript = writer "writeShellScript";
       writeShellScriptBin = writer "writeShellScriptBin";
       writeTextFile = args: writer "writeTextFile" args.name args.text;
       writeShellApplication = args: writer "writeShellApplication" args.name args.text;
       runCommand = name: env: script: fakeDrv name { inherit env script; };
       runCommandLocal = pkgs.runCommand;
+      runCommandCC = pkgs.runCommand;
+      unixtools = lib.genAttrs [ "xxd" "ping" "hostname" ] (n: fakeDrv n { });
+      substituteAll = args: fakeDrv (args.name or "substituted") { inherit args; };
       symlinkJoin = args: fakeDrv args.name { inherit (args) paths; };
       buildEnv = args: fakeDrv args.name { inherit (args) paths; };
 
