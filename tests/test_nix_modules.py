@@ -262,12 +262,40 @@ def test_every_nix_file_parses() -> None:
     assert not failures, "\n".join(failures)
 
 
+SHARED_OPTIONS = {
+    "enable",
+    "package",
+    "cacheName",
+    "servers",
+    "servers.<name>.endpoint",
+    "servers.<name>.tokenFile",
+    "settings",
+    "settings.socket",
+    "settings.state_dir",
+    "settings.spool_dir",
+    "extraPostBuildHook",
+    "postBuildHook",
+}
+
+
+def check_option_docs(docs: list[dict[str, Any]], extra: set[str]) -> None:
+    """The options render for the manual, each with a description, and the schema is shared."""
+    prefix = "services.attic-post-build-hook."
+    names = {d["name"].removeprefix(prefix) for d in docs}
+    assert names == SHARED_OPTIONS | extra
+    for d in docs:
+        assert d["description"].strip() and d["type"], d["name"]
+
+
 # -- NixOS ---------------------------------------------------------------------------------
 
 
 @pytest.mark.modules
 @needs_trees
 class TestNixOS:
+    def test_options(self, nixos: Any) -> None:
+        check_option_docs(nixos["default"]["optionDocs"], {"user", "group", "createUser"})
+
     def test_hook_script(self, nixos: Any) -> None:
         d = nixos["default"]
         assert d["hookIsScript"] == "writeShellScript"
@@ -486,6 +514,12 @@ class TestNixOS:
 @pytest.mark.modules
 @needs_trees
 class TestDarwin:
+    def test_options(self, darwin: Any) -> None:
+        check_option_docs(
+            darwin["default"]["optionDocs"],
+            {"user", "group", "createUser", "uid", "gid", "logFile"},
+        )
+
     def test_launchd_plist(self, darwin: Any) -> None:
         for text in (darwin["default"]["plist"], darwin["default"]["x86_64"]):
             plist = plistlib.loads(text.encode())
@@ -586,6 +620,9 @@ class TestDarwin:
 @pytest.mark.modules
 @needs_trees
 class TestHomeManager:
+    def test_options(self, home: Any) -> None:
+        check_option_docs(home["linux"]["optionDocs"], {"configureAtticClient", "setPostBuildHook"})
+
     def test_systemd_user_service(self, home: Any) -> None:
         s = home["linux"]["service"]
         assert s["Service"]["ExecStart"] == [

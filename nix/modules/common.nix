@@ -74,7 +74,8 @@ rec {
     ;
 
   # The options every module declares. `defaults` sets the platform's paths:
-  #   { socket, stateDir, spoolDir, socketText ? null }  (null socket: hookd's own default)
+  #   { socket, stateDir, spoolDir, and optional *Text for the documentation }
+  #   (a null socket means hookd's own default)
   options =
     defaults:
     {
@@ -87,7 +88,7 @@ rec {
             ${optionName [ "package" ]}: pkgs.hookd does not exist. Use the module from the hookd
             flake (`nixosModules.default`, `darwinModules.default` or `homeManagerModules.default`
             set it), add the flake's `overlays.default`, or set this option.'');
-        defaultText = literalExpression "pkgs.hookd (the hookd flake's package when the module comes from the flake)";
+        defaultText = lib.literalMD "the hookd flake's package when the module comes from the flake, else `pkgs.hookd`";
         description = "The hookd package (it provides `hookd` and `hookd-hook`).";
       };
 
@@ -132,7 +133,7 @@ rec {
       settings = mkOption {
         default = { };
         description = ''
-          hookd's configuration (see its README for every key), rendered to YAML. The short-form
+          hookd's configuration (docs/modules.md lists every key), rendered to YAML. The short-form
           options above fill in `servers`, `targets` and `attic_config`. Keys hookd does not know
           are refused when the configuration is evaluated.
         '';
@@ -155,11 +156,13 @@ rec {
             state_dir = mkOption {
               type = types.str;
               default = defaults.stateDir;
-              description = "Directory for the durable queue and GC roots of queued paths.";
+              defaultText = defaults.stateDirText or defaults.stateDir;
+              description = "Directory for the durable queue (the daemon's only state).";
             };
             spool_dir = mkOption {
               type = types.str;
               default = defaults.spoolDir;
+              defaultText = defaults.spoolDirText or defaults.spoolDir;
               description = "Where the hook leaves paths when the daemon is not reachable; imported at start.";
             };
           };

@@ -58,7 +58,9 @@ in
     socket = if isDarwin then "${stateDir}/hookd.sock" else null;
     socketText = lib.literalMD "`$XDG_RUNTIME_DIR/hookd/hookd.sock` on Linux (null: hookd's default), `\${config.xdg.stateHome}/hookd/hookd.sock` on macOS";
     inherit stateDir;
+    stateDirText = lib.literalExpression ''"''${config.xdg.stateHome}/hookd"'';
     spoolDir = "${stateDir}/spool";
+    spoolDirText = lib.literalExpression ''"''${config.xdg.stateHome}/hookd/spool"'';
   } // {
     configureAtticClient = lib.mkOption {
       type = lib.types.bool;

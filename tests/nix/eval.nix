@@ -38,6 +38,19 @@ let
         (lib.getAttrFromPath (lib.splitString "." what) eval.options).definitionsWithLocations
     );
   fromFile = eval: file: what: lib.concatLists (valuesFrom eval file what);
+
+  # The module's options as the NixOS/home-manager/nix-darwin manuals would list them (forces
+  # every description, type and default text).
+  optionDocs =
+    eval:
+    map (o: {
+      inherit (o) name description type;
+      default = o.default or null;
+    }) (
+      lib.filter (o: !lib.hasInfix "._module." o.name) (
+        lib.optionAttrSetToDocList eval.options.services.attic-post-build-hook
+      )
+    );
   failedFrom =
     eval: file: map (a: a.message) (lib.filter (a: !a.assertion) (fromFile eval file "assertions"));
   warningsFrom = eval: file: fromFile eval file "warnings";
@@ -166,6 +179,7 @@ expr {
     fakePkgs
     fromFile
     valuesFrom
+    optionDocs
     failedFrom
     warningsFrom
     nixos

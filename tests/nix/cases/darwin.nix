@@ -42,6 +42,7 @@ let
 in
 {
   default = view (with' base) // {
+    optionDocs = e.optionDocs (with' base);
     hook = (with' base).config.nix.settings.post-build-hook.text;
     x86_64 = (e.darwin {
       system = "x86_64-darwin";

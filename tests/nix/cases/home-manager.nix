@@ -51,6 +51,7 @@ in
     view ev
     // {
       service = ev.config.systemd.user.services.hookd;
+      optionDocs = e.optionDocs ev;
     };
 
   linuxAsked =

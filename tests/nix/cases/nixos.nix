@@ -54,7 +54,11 @@ let
     };
 in
 {
-  default = view (with' base);
+  default =
+    let
+      ev = with' base;
+    in
+    view ev // { optionDocs = e.optionDocs ev; };
 
   # The plain module file (not through the flake): the package comes from pkgs.hookd. Also an
   # account defined elsewhere, and no GC roots.
