@@ -489,6 +489,7 @@ class TestNixOS:
                 [
                     'user = "ghost" does not exist and createUser is off',
                     'group = "hookd" does not exist and createUser is off',
+                    "settings.socket is null; on NixOS the hook and the daemon\nneed an explicit path",
                 ],
             ),
             ("noServers", ["cacheName is set but there is no server", "has nowhere to push"]),

@@ -80,6 +80,12 @@ in
   config = lib.mkIf cfg.enable {
     assertions = common.assertions cfg ++ [
       {
+        assertion = cfg.settings.socket != null;
+        message = ''
+          services.attic-post-build-hook.settings.socket is null; on nix-darwin the hook and the daemon
+          need an explicit path. Remove the setting to get the default.'';
+      }
+      {
         assertion = !cfg.createUser || (cfg.uid != null && cfg.gid != null);
         message = ''
           services.attic-post-build-hook.createUser needs fixed ids on macOS: set
@@ -109,7 +115,7 @@ in
     services.attic-post-build-hook.settings = common.render cfg (_: s: toString s.tokenFile);
     services.attic-post-build-hook.postBuildHook = common.hookScript {
       inherit cfg;
-      socket = esc cfg.settings.socket;
+      socket = esc (toString cfg.settings.socket);
       spool = esc cfg.settings.spool_dir;
     };
 

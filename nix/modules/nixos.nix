@@ -32,7 +32,7 @@ let
     cfg.settings.state_dir
     cfg.settings.spool_dir
   ];
-  socketDir = dirOf cfg.settings.socket;
+  socketDir = dirOf (toString cfg.settings.socket);
   managedState = lib.filter (d: below "/var/lib" d != null) stateDirs;
   otherDirs = lib.unique (
     lib.filter (d: below "/var/lib" d == null) stateDirs
@@ -86,6 +86,12 @@ in
   config = lib.mkIf cfg.enable {
     assertions = common.assertions cfg ++ [
       {
+        assertion = cfg.settings.socket != null;
+        message = ''
+          services.attic-post-build-hook.settings.socket is null; on NixOS the hook and the daemon
+          need an explicit path. Remove the setting to get the default.'';
+      }
+      {
         assertion = cfg.createUser || config.users.users ? ${cfg.user};
         message = ''
           services.attic-post-build-hook.user = "${cfg.user}" does not exist and createUser is off.
@@ -111,7 +117,7 @@ in
     services.attic-post-build-hook.settings = common.render cfg (name: _: credentialPath name);
     services.attic-post-build-hook.postBuildHook = common.hookScript {
       inherit cfg;
-      socket = lib.escapeShellArg cfg.settings.socket;
+      socket = lib.escapeShellArg (toString cfg.settings.socket);
       spool = lib.escapeShellArg cfg.settings.spool_dir;
     };
 

@@ -158,7 +158,14 @@ in
         ];
       }
     );
-    missingUser = with' (base // { user = "ghost"; });
+    # a user that does not exist; no socket
+    missingUser = with' (
+      base
+      // {
+        user = "ghost";
+        settings.socket = null;
+      }
+    );
     # a cache without servers: nowhere to push
     noServers = with' {
       enable = true;
