@@ -135,14 +135,14 @@ in
       ${cfg.user} = {
         isSystemUser = true;
         group = cfg.group;
-        home = stateDir;
+        home = cfg.settings.state_dir;
         description = "hookd binary cache uploader";
       };
     };
     users.groups = lib.mkIf cfg.createUser { ${cfg.group} = { }; };
 
-    # hookd pins queued paths with symlinks below Nix's gcroots until they are uploaded; the
-    # service may write only that one directory there.
+    # Directories systemd does not manage (see `below`), and the one below Nix's gcroots where
+    # hookd pins queued paths until they are uploaded (the service may write only that one there).
     systemd.tmpfiles.rules =
       map (d: "d ${d} 0750 ${cfg.user} ${cfg.group} - -") otherDirs
       ++ lib.optional gcRoots "d ${gcRootsDir} 0755 ${cfg.user} ${cfg.group} - -";
@@ -160,7 +160,7 @@ in
       path = [ config.nix.package ];
       environment = {
         NIX_REMOTE = "daemon";
-        XDG_CACHE_HOME = "${stateDir}/.cache";
+        XDG_CACHE_HOME = "${cfg.settings.state_dir}/.cache";
       };
       startLimitIntervalSec = 0;
 
