@@ -193,6 +193,22 @@ def default_socket(state_dir: Path) -> Path:
     return Path(runtime) / "hookd" / "hookd.sock" if runtime else state_dir / "hookd.sock"
 
 
+def _text(value: object) -> str:
+    """str() that cannot fail: YAML hex/octal ints may exceed Python's int-to-str digit limit."""
+    try:
+        return str(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to show>"
+
+
+def _show(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
 class _Reader:
     """Walks a YAML mapping, raising ConfigError with file and dotted key on every mistake."""
 
@@ -200,7 +216,7 @@ class _Reader:
         self.source = source
 
     def fail(self, key: str, expected: str, got: object = None) -> ConfigError:
-        shown = f", got {got!r}" if got is not None else ""
+        shown = f", got {_show(got)}" if got is not None else ""
         return ConfigError(f"{self.source}: key '{key}': expected {expected}{shown}")
 
     def mapping(self, value: object, key: str, allowed: set[str]) -> dict[str, Any]:
@@ -208,7 +224,7 @@ class _Reader:
             return {}
         if not isinstance(value, dict):
             raise self.fail(key, "a mapping", type(value).__name__)
-        unknown = sorted(set(map(str, value)) - allowed)
+        unknown = sorted(set(map(_text, value)) - allowed)
         if unknown:
             where = f"'{key}'" if key else "the top level"
             raise ConfigError(
@@ -229,7 +245,11 @@ class _Reader:
 
     def number(self, value: object, key: str, *, minimum: float = 0, integer: bool = False) -> Any:
         ok = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok or not math.isfinite(value) or value < minimum:  # type: ignore[arg-type,operator]
+        if isinstance(value, bool) or not ok:
+            bad = True
+        else:  # math.isfinite only for floats: a huge int would overflow the conversion
+            bad = (isinstance(value, float) and not math.isfinite(value)) or value < minimum  # type: ignore[operator]
+        if bad:
             kind = "an integer" if integer else "a number"
             raise self.fail(key, f"{kind} >= {minimum}", value)
         return value
@@ -239,7 +259,10 @@ class _Reader:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
             raise self.fail(key, "a list of strings", value)
-        return tuple(str(v) for v in value)
+        items = tuple(_text(v) for v in value)
+        if any(i.startswith("<") and i.endswith("too large to show>") for i in items):
+            raise self.fail(key, "a list of strings", value)
+        return items
 
     def regexes(self, value: object, key: str) -> tuple[str, ...]:
         items = self.strings(value, key)
@@ -274,6 +297,8 @@ def load_config(path: Path | None = None, *, required: bool = False) -> Config:
             raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
+        except ValueError as e:  # e.g. an integer over Python's int-digit limit
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
         except RecursionError:
             raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     elif explicit or required:
@@ -292,10 +317,10 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
 
     servers = _attic_client_servers(top.get("attic_config", "auto"), r)
     raw_servers = top.get("servers")
-    server_names = {str(k) for k in raw_servers} if isinstance(raw_servers, dict) else set()
+    server_names = {_text(k) for k in raw_servers} if isinstance(raw_servers, dict) else set()
     for name, value in r.mapping(raw_servers, "servers", server_names).items():
-        key = f"servers.{name}"
-        if not CACHE_NAME_RE.fullmatch(str(name)):
+        key = f"servers.{_text(name)}"
+        if not CACHE_NAME_RE.fullmatch(_text(name)):
             raise r.fail(key, "a server name of letters, digits, '-', '_' or '+'", name)
         entry = r.mapping(value, key, SERVER_KEYS)
         if "endpoint" not in entry:
