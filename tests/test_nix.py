@@ -89,7 +89,8 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Graph:
     drv_list = sh(*argv).split()
     assert len(drv_list) == len(attrs)
     drvs = dict(zip(attrs, drv_list, strict=True))
-    sh("nix-store", "--realise", *drv_list)
+    # indirect GC roots: other tests share this store and may collect garbage
+    sh("nix-store", "--realise", "--add-root", str(d / "result"), "--indirect", *drv_list)
     outs = {a: sh("nix-store", "-q", "--outputs", drvs[a]).split() for a in attrs}
     return Graph(f, nonce, drvs, outs)
 
