@@ -270,7 +270,9 @@ class _Reader:
             try:
                 re.compile(pattern)
             except (re.error, OverflowError, RecursionError) as e:
-                raise self.fail(f"{key}[{i}]", f"a valid regular expression ({e})", pattern) from None
+                raise self.fail(
+                    f"{key}[{i}]", f"a valid regular expression ({e})", pattern
+                ) from None
         return items
 
     def path(self, value: object, key: str) -> Path:
@@ -334,7 +336,8 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
     if top.get("targets") is not None and not isinstance(top["targets"], list):
         raise r.fail("targets", "a list of {server, cache} or {store, secret_key_file}")
     targets = tuple(
-        _target(item, f"targets[{i}]", r, servers) for i, item in enumerate(top.get("targets") or [])
+        _target(item, f"targets[{i}]", r, servers)
+        for i, item in enumerate(top.get("targets") or [])
     )
 
     f = r.mapping(top.get("filter"), "filter", FILTER_KEYS)
@@ -354,10 +357,16 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         if k == "ignore_upstream":
             upload_kwargs[k] = r.boolean(v, "upload.ignore_upstream")
         else:
-            upload_kwargs[k] = r.number(v, f"upload.{k}", minimum=1 if k in ints else 0, integer=k in ints)
+            upload_kwargs[k] = r.number(
+                v, f"upload.{k}", minimum=1 if k in ints else 0, integer=k in ints
+            )
     upload = UploadConfig(**upload_kwargs)
     if upload.min_backoff > upload.max_backoff:
-        raise r.fail("upload.min_backoff", f"a number <= upload.max_backoff ({upload.max_backoff})", upload.min_backoff)
+        raise r.fail(
+            "upload.min_backoff",
+            f"a number <= upload.max_backoff ({upload.max_backoff})",
+            upload.min_backoff,
+        )
 
     n = r.mapping(top.get("nix"), "nix", NIX_KEYS)
     nix = NixConfig(
@@ -379,7 +388,9 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         socket=socket,
         state_dir=state_dir,
         spool_dir=spool,
-        socket_group=r.string(top["socket_group"], "socket_group") if top.get("socket_group") else None,
+        socket_group=r.string(top["socket_group"], "socket_group")
+        if top.get("socket_group")
+        else None,
         allowed_users=r.strings(top.get("allowed_users"), "allowed_users"),
         allowed_groups=r.strings(top.get("allowed_groups"), "allowed_groups"),
         servers=servers,
@@ -411,18 +422,27 @@ def _target(item: object, key: str, r: _Reader, servers: dict[str, ServerConfig]
         raise r.fail(key, "{server: NAME, cache: NAME} or {store: URL}", item)
     cache = r.string(entry["cache"], f"{key}.cache")
     if not CACHE_NAME_RE.fullmatch(cache):
-        raise r.fail(f"{key}.cache", "an Attic cache name (1-50 of A-Za-z0-9-_+, alphanumeric first)", cache)
+        raise r.fail(
+            f"{key}.cache", "an Attic cache name (1-50 of A-Za-z0-9-_+, alphanumeric first)", cache
+        )
     server = entry.get("server")
     if server is None and "default" in servers:
         # attic's `default-server` (aliased as "default"); `attic login` always sets one.
         server = servers["default"].name if servers["default"].name in servers else "default"
     if server is None:
         if len(servers) != 1:
-            raise r.fail(f"{key}.server", f"one of the configured servers ({', '.join(sorted(servers)) or 'none'})")
+            raise r.fail(
+                f"{key}.server",
+                f"one of the configured servers ({', '.join(sorted(servers)) or 'none'})",
+            )
         server = next(iter(servers))
     server = r.string(server, f"{key}.server")
     if server not in servers:
-        raise r.fail(f"{key}.server", f"one of the configured servers ({', '.join(sorted(servers)) or 'none'})", server)
+        raise r.fail(
+            f"{key}.server",
+            f"one of the configured servers ({', '.join(sorted(servers)) or 'none'})",
+            server,
+        )
     return AtticTargetConfig(server=server, cache=cache)
 
 
@@ -442,7 +462,9 @@ def _attic_client_servers(setting: object, r: _Reader) -> dict[str, ServerConfig
     else:
         path = r.path(setting, "attic_config")
         if not path.exists():
-            raise r.fail("attic_config", "an existing attic config.toml, 'auto' or false", str(path))
+            raise r.fail(
+                "attic_config", "an existing attic config.toml, 'auto' or false", str(path)
+            )
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
@@ -460,7 +482,9 @@ def _attic_client_servers(setting: object, r: _Reader) -> dict[str, ServerConfig
                 raise ConfigError(f"{path}: servers.{name}.{k}: expected a string")
         servers[name] = ServerConfig(
             name=name,
-            endpoint=_endpoint(str(entry["endpoint"]), _Reader(str(path)), f"servers.{name}.endpoint"),
+            endpoint=_endpoint(
+                str(entry["endpoint"]), _Reader(str(path)), f"servers.{name}.endpoint"
+            ),
             token_file=Path(token_file) if token_file else None,
             token=token,
         )
