@@ -58,7 +58,13 @@ class Nix:
     # -- synchronous core ------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True) -> str:
+        return self.run_process(argv, timeout=timeout, check=check).stdout
+
+    def run_process(
+        self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         argv = [self.exe(argv[0]), *argv[1:]]
+        limit = self.timeout if timeout is None else timeout
         log.debug("nix.run", argv=argv)
         try:
             proc = subprocess.run(
@@ -66,22 +72,20 @@ class Nix:
                 capture_output=True,
                 text=True,
                 errors="surrogateescape",
-                timeout=timeout or self.timeout,
+                timeout=limit,
                 env=self.env(),
                 check=False,
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise NixError(
-                f"`{' '.join(argv[:3])} …` timed out after {timeout or self.timeout:.0f} s"
-            ) from None
+            raise NixError(f"`{' '.join(argv[:3])} …` timed out after {limit:g} s") from None
         except FileNotFoundError:
             raise NixError(f"{argv[0]}: not found; install Nix or set nix.bin_dir") from None
         if check and proc.returncode != 0:
             raise NixError(
                 f"`{' '.join(argv[:3])} …` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
             )
-        return proc.stdout
+        return proc
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -90,11 +94,24 @@ class Nix:
         result: dict[str, PathInfo] = {}
         paths = list(dict.fromkeys(paths))
         for i in range(0, len(paths), ARG_CHUNK):
-            argv = ["nix", "path-info", "--json"] + (["--recursive"] if recursive else [])
-            out = self.run([*argv, "--", *paths[i : i + ARG_CHUNK]], check=False)
-            for info in parse_path_info(out):
+            chunk = paths[i : i + ARG_CHUNK]
+            for info in self._path_info_chunk(chunk, recursive=recursive):
                 result[info.path] = info
         return list(result.values())
+
+    def _path_info_chunk(self, paths: list[str], *, recursive: bool) -> list[PathInfo]:
+        argv = ["nix", "path-info", "--json"]
+        proc = self.run_process(
+            [*argv, *(["--recursive"] if recursive else []), "--", *paths], check=False
+        )
+        if proc.returncode == 0 or not recursive:
+            return parse_path_info(proc.stdout)
+        # Nix 2.8 answers `[]` (exit 1) for the whole recursive query when one root is invalid
+        # (garbage-collected): find the valid roots without --recursive (exit 0), then ask again.
+        valid = [p.path for p in parse_path_info(self.run([*argv, "--", *paths], check=False))]
+        if not valid:
+            return []
+        return parse_path_info(self.run([*argv, "--recursive", "--", *valid]))
 
     def query_outputs(self, drv_path: str) -> list[str]:
         out = self.run(["nix-store", "--query", "--outputs", drv_path])
@@ -170,24 +187,28 @@ class Nix:
         assert proc.stdout is not None and proc.stderr is not None
         stdout, stderr = proc.stdout, proc.stderr
 
+        eof = False
+
         async def chunks() -> AsyncIterator[bytes]:
+            nonlocal eof
             while True:
                 block = await asyncio.wait_for(stdout.read(DUMP_CHUNK), self.dump_timeout)
                 if not block:
+                    eof = True
                     return
                 yield block
 
-        finished = False
         try:
             yield chunks()
-            finished = True
         finally:
-            if proc.returncode is None and not finished:
+            # A caller that stopped reading (an error, or a server that answered early) leaves
+            # nix-store blocked on a full pipe: kill it rather than wait for it forever.
+            if not eof and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             err = await stderr.read()
             rc = await proc.wait()
-            if finished and rc != 0:
+            if eof and rc != 0:
                 raise NixError(
                     f"nix-store --dump {path} failed ({rc}): {err.decode(errors='replace').strip()}"
                 )

@@ -389,8 +389,9 @@ class Queue:
 
         def op(c: sqlite3.Connection) -> int:
             return c.execute(
-                "UPDATE items SET due = ?, updated = ? WHERE state = 'parked' AND target LIKE ? || '%'",
-                (now, now, target_prefix),
+                "UPDATE items SET due = ?, updated = ? "
+                "WHERE state = 'parked' AND substr(target, 1, length(?)) = ?",
+                (now, now, target_prefix, target_prefix),
             ).rowcount
 
         return await self._call(op)

@@ -282,14 +282,6 @@ def test_invalid_paths_are_skipped(graph: Graph) -> None:
 
 @needs_nix
 @pytest.mark.nix
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG in Nix.path_info (not a parse function, so not fixed here): with --recursive, "
-    "Nix 2.8 exits 1 and prints [] when any argument is invalid, so one garbage-collected root "
-    "makes path_info return nothing for the whole chunk; the pusher then fails every root of "
-    "the batch as 'no longer valid'",
-)
 def test_recursive_path_info_keeps_valid_closures_next_to_an_invalid_root(graph: Graph) -> None:
     missing = f"/nix/store/{'4' * 32}-hookd-missing"
     infos = Nix().path_info([graph.out("top"), missing], recursive=True)
@@ -548,14 +540,6 @@ def test_dump_stopped_early_after_an_error_kills_and_reaps(graph: Graph) -> None
 
 @needs_nix
 @pytest.mark.nix
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="BUG in Nix.dump (not a parse function, so not fixed here): leaving the `async with` "
-    "normally before EOF (e.g. an HTTP client that stops reading because the server answered "
-    "early) takes the 'finished' branch, does not kill nix-store and then waits for stderr EOF "
-    "while nix-store is blocked writing stdout: a hang forever",
-)
 def test_dump_stopped_early_without_error_reaps_the_process(graph: Graph) -> None:
     async def go() -> int:
         async with Nix().dump(graph.out("big")) as stream:

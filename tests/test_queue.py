@@ -311,13 +311,6 @@ async def test_parked_items_wait_for_their_due_time_or_unpark(q: Queue) -> None:
 
 
 @aio
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG in Queue.unpark (queue.py, not ours to fix): the prefix goes into SQL LIKE, so "
-    "'_' in a server name is a wildcard and ASCII case is ignored; unpark('attic:a_b/') also "
-    "wakes server 'aXb' and unpark('attic:prod/') wakes 'PROD'",
-)
 async def test_unpark_matches_the_prefix_literally(q: Queue) -> None:
     a = sp("a")
     targets = ["attic:a_b/c", "attic:aXb/c", "attic:PROD/c"]
