@@ -31,6 +31,7 @@ TOP_KEYS = {
     "upload",
     "nix",
     "log",
+    "nice",
 }
 SERVER_KEYS = {"endpoint", "token_file"}
 FILTER_KEYS = {"include", "exclude", "skip_drv", "skip_sources", "skip_fixed_output"}
@@ -45,6 +46,7 @@ UPLOAD_KEYS = {
     "breaker_cooldown",
     "ignore_upstream",
     "stop_timeout",
+    "batch_window",
 }
 NIX_KEYS = {"bin_dir", "timeout", "dump_timeout", "gc_roots"}
 LOG_KEYS = {"format", "level"}
@@ -104,6 +106,7 @@ class UploadConfig:
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     ignore_upstream: bool = False
+    batch_window: float = 0.2  # after idle, wait this long so a burst of builds shares a batch
     stop_timeout: float = 20.0  # on SIGTERM, in-flight uploads get this long; the rest stays queued
 
 
@@ -131,6 +134,7 @@ class Config:
     nix: NixConfig = NixConfig()
     log_format: str = "auto"
     log_level: str = "info"
+    nice: int = 10  # the daemon's CPU priority: builds come first
 
     @property
     def db_path(self) -> Path:
@@ -400,7 +404,14 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         nix=nix,
         log_format=log_format,
         log_level=log_level,
+        nice=_nice(top.get("nice", 10), r),
     )
+
+
+def _nice(value: object, r: _Reader) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
+        raise r.fail("nice", "an integer from 0 (normal priority) to 19 (lowest)", value)
+    return value
 
 
 def _endpoint(url: str, r: _Reader, key: str) -> str:

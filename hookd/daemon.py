@@ -155,6 +155,7 @@ class Daemon:
                     breaker=breaker,
                     backoff=Backoff(cfg.upload.min_backoff, cfg.upload.max_backoff),
                     batch_size=cfg.upload.batch_size,
+                    batch_window=cfg.upload.batch_window,
                     on_progress=self.notify_progress,
                 )
             )
@@ -211,6 +212,7 @@ class Daemon:
     # -- run and stop --------------------------------------------------------------------
 
     async def run(self) -> None:
+        lower_priority(self.config.nice)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -486,10 +488,8 @@ class Daemon:
         while not self.stopping.is_set():
             self.resolver_wake.clear()
             requests = await self.queue.due_requests(RESOLVE_BATCH)
-            for request in requests:
-                if self.stopping.is_set():
-                    return
-                await self.resolve(request)
+            # Concurrently: their queue writes then share one transaction (group commit).
+            await asyncio.gather(*(self.resolve(r) for r in requests))
             if requests:
                 self.wake_workers()
                 self.notify_progress()
@@ -501,11 +501,11 @@ class Daemon:
         outs = list(request.out_paths)
         fixed = False
         try:
-            if request.drv_path and not outs:
-                outs = await asyncio.to_thread(self.nix.query_outputs, request.drv_path)
-            if request.drv_path and self.config.filter.skip_fixed_output:
-                drv = await asyncio.to_thread(self.nix.show_derivation, request.drv_path)
-                fixed = drv.fixed_output
+            if request.drv_path:
+                drv_outs, fixed = await asyncio.to_thread(
+                    self.nix.derivation_outputs, request.drv_path
+                )
+                outs = outs or drv_outs
         except NixError as e:
             if "not valid" in str(e) or "does not exist" in str(e) or "No such file" in str(e):
                 log.warning(
@@ -617,6 +617,13 @@ async def _socket_alive(path: Path) -> bool:
         return False
     writer.close()
     return True
+
+
+def lower_priority(nice: int) -> None:
+    """Builds come first: the daemon and the nix processes it starts yield the CPU to them."""
+    current = os.nice(0)
+    if nice > current:
+        os.nice(nice - current)
 
 
 def sd_notify(message: str) -> None:

@@ -117,6 +117,23 @@ class Nix:
         out = self.run(["nix-store", "--query", "--outputs", drv_path])
         return [line for line in out.splitlines() if line]
 
+    def derivation_outputs(self, drv_path: str) -> tuple[list[str], bool]:
+        """The outputs of a .drv and whether it is fixed-output.
+
+        Read from the .drv file itself (an ATerm in the store) when it can be: that costs no
+        process, which matters because the hook fires once per build. Falls back to
+        ``nix-store --query --outputs`` (content-addressed derivations have no output paths
+        in the file; a remote store has no local file).
+        """
+        try:
+            with open(drv_path, "rb") as f:
+                outputs = parse_drv_outputs(f.read(1 << 20).decode("utf-8", "surrogateescape"))
+        except (OSError, ValueError):
+            outputs = []
+        if outputs and all(path for _, path, _ in outputs):
+            return [path for _, path, _ in outputs], any(algo for _, _, algo in outputs)
+        return self.query_outputs(drv_path), False
+
     def show_derivation(self, drv_path: str) -> Derivation:
         out = self.run(["nix", "show-derivation", drv_path])
         return parse_show_derivation(out, drv_path)
@@ -278,6 +295,55 @@ def _ca(value: Any) -> str | None:
 def _full(ref: str, path: str) -> str:
     """Newer Nix prints references as basenames; 2.8 prints full paths."""
     return ref if ref.startswith("/") else os.path.join(os.path.dirname(path), ref)
+
+
+def _aterm_string(text: str, i: int) -> tuple[str, int]:
+    if text[i] != '"':
+        raise ValueError(f"expected a string at offset {i}")
+    out = []
+    i += 1
+    escapes = {"n": "\n", "r": "\r", "t": "\t"}
+    while text[i] != '"':
+        ch = text[i]
+        if ch == "\\":
+            i += 1
+            ch = escapes.get(text[i], text[i])
+        out.append(ch)
+        i += 1
+    return "".join(out), i + 1
+
+
+def parse_drv_outputs(text: str) -> list[tuple[str, str, str]]:
+    """``(name, path, hash algorithm)`` of each output in a .drv's ATerm text; ValueError if
+    the text is not one."""
+    try:
+        return _parse_drv_outputs(text)
+    except IndexError:
+        raise ValueError("truncated derivation") from None
+
+
+def _parse_drv_outputs(text: str) -> list[tuple[str, str, str]]:
+    prefix = "Derive(["
+    if not text.startswith(prefix):
+        raise ValueError("not a derivation in ATerm format")
+    i = len(prefix)
+    outputs = []
+    while text[i] == "(":
+        fields = []
+        i += 1
+        for n in range(4):
+            value, i = _aterm_string(text, i)
+            fields.append(value)
+            expected = "," if n < 3 else ")"
+            if text[i] != expected:
+                raise ValueError(f"expected {expected!r} at offset {i}")
+            i += 1
+        outputs.append((fields[0], fields[1], fields[2]))
+        if text[i] == ",":
+            i += 1
+    if text[i] != "]":
+        raise ValueError(f"expected ']' at offset {i}")
+    return outputs
 
 
 def parse_show_derivation(text: str, drv_path: str) -> Derivation:

@@ -7,6 +7,7 @@ server also share a circuit breaker, so a dead server is not hammered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -112,6 +113,7 @@ class TargetWorker:
         backoff: Backoff,
         batch_size: int,
         on_progress: Callable[[], None],
+        batch_window: float = 0.0,
     ) -> None:
         self.target = target
         self.queue = queue
@@ -119,23 +121,31 @@ class TargetWorker:
         self.breaker = breaker
         self.backoff = backoff
         self.batch_size = batch_size
+        self.batch_window = batch_window
         self.wake = asyncio.Event()
         self.progress = on_progress
         self.stats = TargetStats()
         self.busy = False
 
     async def run(self, stopping: asyncio.Event) -> None:
+        idle = False
         while not stopping.is_set():
             wait = self.breaker.allow()
             if wait > 0:
                 await self._sleep(wait, stopping)
                 continue
+            if idle and self.batch_window > 0:
+                # Woken from idle by a fresh build: let the builds right behind it join the
+                # batch, so one closure query and one cache round-trip serve them all.
+                await self._sleep_unwoken(self.batch_window, stopping)
             items = await self.queue.claim(self.target.id, self.batch_size)
             if not items:
+                idle = True
                 nxt = await self.queue.next_due(self.target.id)
                 timeout = None if nxt is None else max(0.05, nxt - time.time())
                 await self._sleep(timeout, stopping)
                 continue
+            idle = False
             self.busy = True
             try:
                 await self.push_batch(items)
@@ -151,6 +161,10 @@ class TargetWorker:
         finally:
             for w in waiters:
                 w.cancel()
+
+    async def _sleep_unwoken(self, seconds: float, stopping: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), seconds)
 
     async def push_batch(self, items: Sequence[Item]) -> None:
         tid = self.target.id

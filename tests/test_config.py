@@ -184,12 +184,14 @@ upload:
   breaker_cooldown: 10
   ignore_upstream: true
   stop_timeout: 5
+  batch_window: 0.05
 nix:
   bin_dir: /opt/nix/bin
   timeout: 30
   dump_timeout: 600
   gc_roots: false
 log: {format: json, level: debug}
+nice: 5
 """
 
 
@@ -241,11 +243,13 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
         breaker_cooldown=10,
         ignore_upstream=True,
         stop_timeout=5,
+        batch_window=0.05,
     )
     assert c.nix == NixConfig(
         bin_dir=Path("/opt/nix/bin"), timeout=30, dump_timeout=600, gc_roots=False
     )
     assert (c.log_format, c.log_level) == ("json", "debug")
+    assert c.nice == 5
 
 
 def test_full_example_uses_every_known_key() -> None:
@@ -818,3 +822,9 @@ def test_cli_missing_config_from_env_exits_2(tmp_path: Path) -> None:
     proc = run_cli("status", env={"HOOKD_CONFIG": str(tmp_path / "missing.yaml")})
     assert proc.returncode == 2
     assert "missing.yaml: config file not found" in proc.stderr
+
+
+@pytest.mark.parametrize("value", [-1, 20, "10", True, 1.5])
+def test_nice_must_be_0_to_19(value: object) -> None:
+    with pytest.raises(ConfigError, match="'nice'.*0 .*19"):
+        parse_config({"nice": value})

@@ -487,3 +487,10 @@ def test_configured_store_targets_sign_with_their_key(tmp_path: Path) -> None:
         any(s.startswith("mirror-1:") for s in d.get("signatures", [])) for d in copied.values()
     )
     hookd.stop()
+
+
+def test_daemon_yields_cpu_to_builds(hookd: HookdProcess) -> None:
+    hookd.start()
+    assert hookd.proc is not None
+    fields = Path(f"/proc/{hookd.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(fields[16]) == 10  # nice, the default `nice: 10`

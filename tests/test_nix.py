@@ -614,3 +614,36 @@ def test_child_environment_disables_our_hook_and_drops_secrets(
     assert "ATTIC_TOKEN" not in env
     assert env["NIX_REMOTE"] == "daemon"
     assert "/evil" not in env["NIX_CONFIG"] and "post-build-hook =" in env["NIX_CONFIG"]
+
+
+def test_derivation_outputs_read_from_the_drv_file_match_nix_store() -> None:
+    from tests.conftest import instantiate, nonce
+
+    from hookd.nix import Nix, parse_drv_outputs
+
+    nix = Nix()
+    n = nonce()
+    for attr, fixed in (("multi", False), ("d", False), ("fod", True)):
+        drv = instantiate(attr, n)
+        outs, is_fixed = nix.derivation_outputs(drv)
+        assert sorted(outs) == sorted(nix.query_outputs(drv)), attr
+        assert is_fixed is fixed, attr
+    text = 'Derive([("out","/nix/store/x-a\\"b","",""),("dev","/nix/store/y-c","sha256","ab")],[],'
+    assert parse_drv_outputs(text) == [
+        ("out", '/nix/store/x-a"b', ""),
+        ("dev", "/nix/store/y-c", "sha256"),
+    ]
+    for bad in ("", "Derive(", 'Derive([("out","/p"', "not a drv"):
+        with pytest.raises(ValueError):
+            parse_drv_outputs(bad)
+
+
+def test_derivation_outputs_fall_back_to_nix_store_when_the_file_is_unreadable(
+    tmp_path: Path,
+) -> None:
+    from hookd.errors import NixError
+    from hookd.nix import Nix
+
+    missing = "/nix/store/" + "0" * 32 + "-gone.drv"
+    with pytest.raises(NixError):
+        Nix().derivation_outputs(missing)

@@ -15,9 +15,15 @@ let
   multi = mk "multi" "mkdir -p $out $dev $lib; echo lib > $lib/l; echo $lib > $dev/l; echo $dev > $out/d" {
     outputs = [ "out" "dev" "lib" ];
   };
+  # fixed-output: its path does not depend on the nonce, so it is built once per store
+  fod = mk "fixed-output" "echo fixed-output-content > $out" {
+    outputHashMode = "flat";
+    outputHashAlgo = "sha256";
+    outputHash = "0ii6yw9x1n66pwiw4952crhna93ynjinh48x8w8sphrkysg7kpca";
+  };
   src = mk "thing-source" "echo src > $out" { };
   big = mk "big" "head -c ${toString (bigMiB * 1048576)} /dev/zero | openssl enc -aes-128-ctr -nosalt -pass pass:hookd-${nonce} -pbkdf2 > $out" { };
   many = builtins.genList (i: mk "many-${toString i}" "echo ${toString i} > $out" { }) count;
   manyRoot = mk "many-root" "echo ${builtins.concatStringsSep " " (map toString many)} > $out" { };
 in
-{ inherit a b c d multi src big many manyRoot; }
+{ inherit a b c d multi fod src big many manyRoot; }
