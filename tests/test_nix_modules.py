@@ -14,14 +14,20 @@ needs only nix-instantiate.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
 import plistlib
 import re
+import shlex
 import shutil
+import socket
 import stat
 import subprocess
+import sys
+import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -73,6 +79,8 @@ ZEROS = "0" * 32
 FLAKE_PKG = f"/nix/store/{ZEROS}-hookd-0.1.0"  # the flake's package, built with the fake pkgs
 PLAIN_PKG = f"/nix/store/{ZEROS}-hookd"  # pkgs.hookd of the fake pkgs
 CONFIG_STORE_PATH = f"/nix/store/{ZEROS}-hookd-config.yaml"
+COREUTILS = f"/nix/store/{ZEROS}-coreutils"
+FAST_HOOK = "libexec/hookd/hookd-hook"  # hook.py under python -I -S, what the modules run
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -183,9 +191,12 @@ def run_hook(
     chained_status: int = 0,
     hook_status: int = 0,
     env: dict[str, str] | None = None,
+    fast_entry_point: bool = True,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run a generated post-build hook with bash, with stand-ins for hookd-hook and the chained
-    hook (each records its arguments and DRV_PATH, then exits with the given status)."""
+    """Run a generated post-build hook with bash, with stand-ins for the package's hook entry
+    points (libexec/hookd/hookd-hook records as `hookd-hook`, bin/hookd-hook as
+    `console-hookd-hook`; without `fast_entry_point` the package has no libexec one) and the
+    chained hook. Each records its arguments and DRV_PATH, then exits with the given status."""
     calls = tmp_path / "calls"
     calls.touch()
 
@@ -198,9 +209,14 @@ def run_hook(
         return path
 
     hook_text = re.sub(
-        r"/nix/store/[0-9a-z]{32}-hookd[^/]*/bin/hookd-hook",
-        str(stand_in("hookd-hook", hook_status)),
+        r"/nix/store/[0-9a-z]{32}-hookd[^/]*/libexec/hookd/hookd-hook",
+        str(stand_in("hookd-hook", hook_status) if fast_entry_point else tmp_path / "missing"),
         text,
+    )
+    hook_text = re.sub(
+        r"/nix/store/[0-9a-z]{32}-hookd[^/]*/bin/hookd-hook",
+        str(stand_in("console-hookd-hook", hook_status)),
+        hook_text,
     )
     hook_text = hook_text.replace(
         f"/nix/store/{ZEROS}-coreutils/bin/id", shutil.which("id") or "id"
@@ -219,6 +235,43 @@ def run_hook(
         check=False,
     )
     return proc, calls.read_text().splitlines()
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+# Run as other users by test_admin_group_members_reach_the_socket. The first binds the socket and
+# treats it as hookd's daemon does with socket_group (hookd/daemon.py, _listen); the second
+# reports whether it may connect.
+_SOCKET_OWNER = """
+import os, socket, sys
+path, gid = sys.argv[1], int(sys.argv[2])
+os.umask(0o077)
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(8)
+os.chmod(path, 0o660)
+try:
+    os.chown(path, -1, gid)
+    print("chown-ok", flush=True)
+except PermissionError:
+    print("chown-refused", flush=True)
+sys.stdin.read()
+"""
+_SOCKET_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    print("connected")
+except OSError as e:
+    print(type(e).__name__)
+"""
 
 
 def gc_roots_dir_per_hookd(monkeypatch: pytest.MonkeyPatch, state_dir: str, user: str) -> str:
@@ -294,7 +347,9 @@ def check_option_docs(docs: list[dict[str, Any]], extra: set[str]) -> None:
 @needs_trees
 class TestNixOS:
     def test_options(self, nixos: Any) -> None:
-        check_option_docs(nixos["default"]["optionDocs"], {"user", "group", "createUser"})
+        check_option_docs(
+            nixos["default"]["optionDocs"], {"user", "group", "createUser", "adminGroup"}
+        )
 
     def test_hook_script(self, nixos: Any) -> None:
         d = nixos["default"]
@@ -302,8 +357,18 @@ class TestNixOS:
         assert d["hook"] == d["postBuildHookOption"]
         lines = [line for line in d["hook"].splitlines() if line and not line.startswith("#")]
         assert lines == [
-            f"{FLAKE_PKG}/bin/hookd-hook --socket /run/hookd/hookd.sock --spool /var/lib/hookd/spool || true",
+            f"hook={FLAKE_PKG}/{FAST_HOOK}",
+            f'[ -x "$hook" ] || hook={FLAKE_PKG}/bin/hookd-hook',
+            '"$hook" --socket /run/hookd/hookd.sock --spool /var/lib/hookd/spool || true',
             "exit 0",
+        ]
+
+    def test_hook_falls_back_to_the_console_script(self, nixos: Any, tmp_path: Path) -> None:
+        # A hookd package built without libexec/hookd/hookd-hook still gets its paths queued.
+        proc, calls = run_hook(tmp_path, nixos["default"]["hook"], fast_entry_point=False)
+        assert proc.returncode == 0, proc.stderr
+        assert calls == [
+            "console-hookd-hook --socket /run/hookd/hookd.sock --spool /var/lib/hookd/spool DRV_PATH=/nix/store/abc-x.drv"
         ]
 
     def test_hook_runs_and_always_exits_zero(self, nixos: Any, tmp_path: Path) -> None:
@@ -388,6 +453,7 @@ class TestNixOS:
     def test_yaml_is_what_hookd_reads(self, nixos: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         text = nixos["default"]["yaml"]
         assert load_yaml(text) == {
+            "allowed_groups": ["hookd"],  # the socket's directory is the service group's
             "attic_config": False,
             "servers": {
                 "main": {
@@ -404,6 +470,7 @@ class TestNixOS:
         # The daemon reads the systemd credential, never /run/secrets.
         assert cfg.servers["main"].token_file == Path("/run/credentials/hookd.service/attic-main")
         assert cfg.targets == (AtticTargetConfig(server="main", cache="main"),)
+        assert cfg.allowed_groups == ("hookd",) and cfg.socket_group is None
         assert (cfg.socket, cfg.state_dir, cfg.spool_dir) == (
             Path("/run/hookd/hookd.sock"),
             Path("/var/lib/hookd"),
@@ -444,7 +511,7 @@ class TestNixOS:
     def test_package_default(self, nixos: Any) -> None:
         assert nixos["default"]["package"] == FLAKE_PKG  # through the flake: the flake's package
         assert nixos["plain"]["package"] == PLAIN_PKG  # the bare module file: pkgs.hookd
-        assert nixos["plain"]["hook"].count(f"{PLAIN_PKG}/bin/hookd-hook") == 1
+        assert nixos["plain"]["hook"].count(f"{PLAIN_PKG}/{FAST_HOOK}") == 1
 
     def test_allowed_users_unchanged(self, nixos: Any) -> None:
         a = nixos["allowedUsers"]
@@ -460,9 +527,181 @@ class TestNixOS:
         assert nixos["hookConflict"] is False
 
     def test_good_configurations_pass(self, nixos: Any) -> None:
-        for case in ("default", "plain", "custom"):
+        for case in ("default", "plain", "custom", "admin"):
             assert nixos[case]["failed"] == [], case
-            assert nixos[case]["warnings"] == [], case
+            assert nixos[case]["warnings"] == [] or case == "plain", case
+
+    # -- token rotation --
+
+    def test_token_files_are_watched(self, nixos: Any) -> None:
+        a = nixos["admin"]  # tokens for main and mirror, none for public
+        path = unit_sections(a["tokensPathText"])
+        assert path["Path"] == {
+            # % doubled: it starts a specifier in unit files (LoadCredential= too).
+            "PathChanged": ["/run/secrets/attic-token", "/var/lib/secrets/mirror-100%%"],
+            "Unit": ["hookd-token-rotated.service"],
+        }
+        assert path["Install"]["WantedBy"] == ["multi-user.target"]
+        assert (
+            "attic-mirror:/var/lib/secrets/mirror-100%%"
+            in (unit_sections(a["unitText"])["Service"]["LoadCredential"])
+        )
+        svc = unit_sections(a["rotatedUnitText"])["Service"]
+        assert svc["Type"] == ["oneshot"]
+        assert svc["ExecStart"] == [f"/nix/store/{ZEROS}-hookd-token-rotated"]
+        assert "User" not in svc  # root: it reads the token files and talks to systemd
+        assert unit_sections(nixos["default"]["tokensPathText"])["Path"]["PathChanged"] == [
+            "/run/secrets/attic-token"
+        ]
+
+    def test_no_token_file_nothing_to_watch(self, nixos: Any) -> None:
+        c = nixos["custom"]  # its only server has no tokenFile
+        assert c["tokensPathText"] is None and c["rotatedUnitText"] is None
+
+    @pytest.mark.parametrize(
+        ("scenario", "restarts", "says"),
+        [
+            ("unchanged", False, "tokens unchanged"),
+            ("mirror rotated", True, "new token for server(s) mirror: restarting"),
+            ("main missing", False, "/run/secrets/attic-token (server main) is missing"),
+            ("hookd not running", True, "new token for server(s) main mirror"),
+        ],
+    )
+    def test_rotation_restarts_hookd_only_for_a_new_token(
+        self, nixos: Any, tmp_path: Path, scenario: str, restarts: bool, says: str
+    ) -> None:
+        """The oneshot the path unit starts, run against files standing in for the token files
+        and for the copies systemd gave hookd.service (LoadCredential)."""
+        files = {"main": "/run/secrets/attic-token", "mirror": "/var/lib/secrets/mirror-100%"}
+        credentials = tmp_path / "credentials"
+        tokens = tmp_path / "tokens"
+        tokens.mkdir()
+        text = nixos["admin"]["rotatedScript"]
+        if scenario != "hookd not running":
+            credentials.mkdir()
+        for name, path in files.items():
+            (tokens / name).write_text(f"old-{name}-jwt")
+            if credentials.is_dir():
+                (credentials / f"attic-{name}").write_text(f"old-{name}-jwt")
+            assert f" {shlex.quote(path)}\n" in text
+            text = text.replace(f" {shlex.quote(path)}\n", f" {tokens / name}\n")
+        if scenario == "mirror rotated":
+            (tokens / "mirror").write_text("new-mirror-jwt")
+        if scenario == "main missing":
+            (tokens / "main").unlink()
+        calls = tmp_path / "calls"
+        systemctl = tmp_path / "systemctl"
+        systemctl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+        systemctl.chmod(0o755)
+        text = (
+            text.replace("/run/credentials/hookd.service", str(credentials))
+            .replace(f"/nix/store/{ZEROS}-diffutils/bin/cmp", shutil.which("cmp") or "cmp")
+            .replace(f"/nix/store/{ZEROS}-systemd/bin/systemctl", str(systemctl))
+        )
+        assert "/nix/store" not in text
+        script = tmp_path / "hookd-token-rotated"
+        script.write_text(text)
+        proc = subprocess.run(
+            ["bash", str(script)], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        restarted = calls.read_text().splitlines() if calls.exists() else []
+        assert restarted == (["try-restart hookd.service"] if restarts else [])
+        assert says in proc.stdout + proc.stderr.replace(str(tokens / "main"), files["main"])
+
+    # -- adminGroup --
+
+    def test_admin_group(self, nixos: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        a = nixos["admin"]
+        cfg = hookd_parses(a["yaml"], monkeypatch)
+        assert cfg.socket_group == "wheel" and cfg.allowed_groups == ("hookd", "wheel")
+        svc = unit_sections(a["unitText"])["Service"]
+        assert svc["RuntimeDirectory"] == ["hookd"] and svc["RuntimeDirectoryMode"] == ["0750"]
+        assert svc["ExecStartPre"] == [
+            f"-+{COREUTILS}/bin/chgrp wheel /run/hookd",
+            f"-+{COREUTILS}/bin/chmod 2750 /run/hookd",
+        ]
+        assert "SupplementaryGroups" not in svc  # the daemon does not join the admins' group
+        # Without adminGroup: the service group's directory, as before.
+        assert "ExecStartPre" not in unit_sections(nixos["default"]["unitText"])["Service"]
+        [warning] = nixos["plain"]["warnings"]
+        assert 'adminGroup = "ops" is not defined in users.groups' in warning
+        assert "stays with group uploader" in warning
+
+    def test_admin_group_members_reach_the_socket(self, nixos: Any) -> None:
+        """The generated ExecStartPre lines applied to a directory as RuntimeDirectory= leaves it
+        (owned by the daemon's user and group, 0750), then a daemon that is not in the admin group
+        binds its socket there and does what hookd does with socket_group (chmod 0660, chown to
+        the group): a member of the group connects, anyone else is refused. Without the lines,
+        the chown is refused and the socket stays the service group's."""
+        if os.geteuid() != 0:
+            pytest.skip("needs root to run processes as other users")
+        python = shutil.which("python3", path="/usr/bin:/bin")
+        if python is None:
+            pytest.skip("needs a system python3 that other users can run")
+        admin = next((g for g in ("adm", "daemon", "sys") if _group_exists(g)), None)
+        if admin is None:
+            pytest.skip("needs a group to stand in for the admin group")
+        admin_gid = grp.getgrnam(admin).gr_gid
+        daemon_uid = daemon_gid = 65534  # nobody/nogroup: in neither group
+        member_uid, outsider_uid = 2, 3
+        pre = unit_sections(nixos["admin"]["unitText"])["Service"]["ExecStartPre"]
+        base = Path(tempfile.mkdtemp(prefix="hookd-admin-", dir="/tmp"))
+        try:
+            base.chmod(0o755)
+            for with_pre in (True, False):
+                run_dir = base / ("with" if with_pre else "without")
+                run_dir.mkdir()
+                os.chown(run_dir, daemon_uid, daemon_gid)
+                run_dir.chmod(0o750)
+                for line in pre if with_pre else []:
+                    assert line.startswith("-+")
+                    argv = shlex.split(line[2:].replace("/run/hookd", str(run_dir)))
+                    argv[0] = shutil.which(Path(argv[0]).name) or argv[0]
+                    argv = [admin if a == "wheel" else a for a in argv]
+                    subprocess.run(argv, check=True, timeout=30)
+                sock = run_dir / "hookd.sock"
+                daemon = subprocess.Popen(
+                    [python, "-I", "-c", _SOCKET_OWNER, str(sock), str(admin_gid)],
+                    user=daemon_uid,
+                    group=daemon_gid,
+                    extra_groups=[],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                try:
+                    assert daemon.stdout is not None
+                    chown = daemon.stdout.readline().strip()
+                    st = sock.stat()
+
+                    def connect(uid: int, groups: list[int], sock: Path = sock) -> str:
+                        return subprocess.run(
+                            [python, "-I", "-c", _SOCKET_CLIENT, str(sock)],
+                            user=uid,
+                            group=uid,
+                            extra_groups=groups,
+                            capture_output=True,
+                            text=True,
+                            timeout=30,
+                            check=True,
+                        ).stdout.strip()
+
+                    if with_pre:
+                        assert chown == "chown-ok"
+                        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, admin_gid)
+                        assert connect(member_uid, [admin_gid]) == "connected"
+                    else:
+                        assert chown == "chown-refused"
+                        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, daemon_gid)
+                        assert connect(member_uid, [admin_gid]) == "PermissionError"
+                    assert connect(outsider_uid, []) == "PermissionError"
+                finally:
+                    if daemon.stdin:
+                        daemon.stdin.close()
+                    daemon.wait(timeout=30)
+        finally:
+            shutil.rmtree(base)
 
     @pytest.mark.parametrize(
         ("case", "expected"),
@@ -474,6 +713,7 @@ class TestNixOS:
                     "does not know the key(s) colour",
                     "server name(s) bad name are not valid",
                     'endpoint must be an http:// or https:// URL; got\nbad name = "cache.example.com"',
+                    "adminGroup needs the socket below /run",
                 ],
             ),
             (
@@ -490,6 +730,7 @@ class TestNixOS:
                     'user = "ghost" does not exist and createUser is off',
                     'group = "hookd" does not exist and createUser is off',
                     "settings.socket is null; on NixOS the hook and the daemon\nneed an explicit path",
+                    'settings.socket_group = "wheel" alone\ndoes not let that group reach the socket',
                 ],
             ),
             ("noServers", ["cacheName is set but there is no server", "has nowhere to push"]),
@@ -541,12 +782,14 @@ class TestDarwin:
     def test_post_build_hook(self, darwin: Any, tmp_path: Path) -> None:
         d = darwin["default"]
         assert d["nixSettingsHook"] == [d["hook"]] and d["etcHook"] == d["hook"]
+        assert f"hook={FLAKE_PKG}/{FAST_HOOK}\n" in d["hook"]
         assert (
-            f"{FLAKE_PKG}/bin/hookd-hook --socket /var/lib/hookd/hookd.sock --spool /var/lib/hookd/spool"
+            '"$hook" --socket /var/lib/hookd/hookd.sock --spool /var/lib/hookd/spool || true'
             in d["hook"]
         )
         proc, calls = run_hook(tmp_path, d["hook"], hook_status=2)
         assert proc.returncode == 0 and len(calls) == 1
+        assert calls[0].startswith("hookd-hook --socket /var/lib/hookd/hookd.sock ")
 
     def test_yaml_points_at_the_token_file(
         self, darwin: Any, monkeypatch: pytest.MonkeyPatch
@@ -738,7 +981,7 @@ class TestTemplates:
         assert t["outputs"] == ["nixosConfigurations"]
         host = t["my-host"]
         assert host["failed"] == []
-        assert f"{FLAKE_PKG}/bin/hookd-hook" in host["hook"]
+        assert f"hook={FLAKE_PKG}/{FAST_HOOK}\n" in host["hook"]
         assert host["loadCredential"] == ["attic-main:/var/lib/secrets/attic-token"]
         cfg = hookd_parses(host["yaml"], monkeypatch)
         assert cfg.targets == (AtticTargetConfig(server="main", cache="main"),)
@@ -756,7 +999,8 @@ class TestTemplates:
             )
             assert cfg.filter.skip_fixed_output is True and cfg.upload.concurrency == 8
         assert plistlib.loads(mac["plist"].encode())["Label"] == "org.nixos.hookd"
-        assert "hookd-hook --socket /var/lib/hookd/hookd.sock" in mac["hook"]
+        assert '"$hook" --socket /var/lib/hookd/hookd.sock' in mac["hook"]
+        assert f"hook={FLAKE_PKG}/{FAST_HOOK}\n" in mac["hook"]
 
     def test_secure_enterprise(self, templates: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         t = templates["secure-enterprise"]
@@ -779,7 +1023,7 @@ class TestTemplates:
             "/home/developer/.config/sops-nix/secrets/attic-token"
         )
         assert "sops-nix.service" in dev["after"]
-        assert "hookd-hook" in dev["hook"]
+        assert f"hook={FLAKE_PKG}/{FAST_HOOK}\n" in dev["hook"]
         cfg = hookd_parses(dev["yaml"], monkeypatch, XDG_RUNTIME_DIR="/run/user/1000")
         assert cfg.targets == (AtticTargetConfig(server="corp", cache="dev"),)
 
@@ -789,6 +1033,24 @@ class TestTemplates:
         assert (d / "flake.nix").is_file()
         readme = (d / "README.md").read_text()
         assert f"nix flake init -t github:hookd/hookd#{name}" in readme
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "docs/modules.md",
+            *(
+                f"templates/{t}/{f}"
+                for t in ("basic-client", "automated-client", "secure-enterprise")
+                for f in ("README.md", "flake.nix")
+            ),
+        ],
+    )
+    def test_flake_url_is_marked_as_a_placeholder(self, path: str) -> None:
+        # github:hookd/hookd stands for wherever hookd is hosted; say so where it first appears.
+        text = (REPO / path).read_text()
+        first = text.index("github:hookd/hookd")
+        nearby = " ".join(text[first : first + 400].replace("#", " ").split())
+        assert "is a placeholder: replace it with where you host hookd" in nearby, path
 
 
 # -- the flake -----------------------------------------------------------------------------
@@ -831,7 +1093,98 @@ class TestFlake:
         assert (
             f["package"] and f["packageDir"] and f["subpackage"] and f["pyproject"] and f["readme"]
         )
+        assert f["license"]
         assert not (f["tests"] or f["testsDir"] or f["nix"] or f["flake"] or f["bytecode"])
+
+    def test_license(self) -> None:
+        text = (REPO / "LICENSE").read_text()
+        assert text.startswith("MIT License\n\nCopyright (c) 2026 hookd contributors\n")
+        assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
+        pyproject = (REPO / "pyproject.toml").read_text()
+        assert 'license = { text = "MIT" }' in pyproject
+
+    def test_fast_hook_entry_point(self, flake: Any, tmp_path: Path) -> None:
+        """The package's postInstall, run as the build would (with a real interpreter in place
+        of the fake one): libexec/hookd/hookd-hook is hook.py behind a `python -IS` shebang, it
+        starts, and it queues through the socket or, with the daemon down, the spool."""
+        p = flake["package"]
+        assert p["python"] in p["postInstall"]
+        out = tmp_path / "out"
+        proc = subprocess.run(
+            [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                p["postInstall"].replace(p["python"], sys.executable),
+            ],
+            cwd=REPO,
+            env={"out": str(out), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "nothing to queue" in proc.stderr  # the build's own check ran it
+        hook = out / FAST_HOOK
+        shebang, _, body = hook.read_text().partition("\n")
+        # One word: Linux passes "-I -S" to python as a single argument, which it rejects.
+        assert shebang == f"#!{sys.executable} -IS"
+        assert body == (REPO / "hookd" / "hook.py").read_text()
+        assert os.access(hook, os.X_OK)
+
+        env = {"DRV_PATH": "/nix/store/abc-x.drv", "OUT_PATHS": "/nix/store/abc-x"}
+        spool = tmp_path / "spool"
+        sock_path = tmp_path / "hookd.sock"
+
+        def run() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(hook), "--socket", str(sock_path), "--spool", str(spool)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+
+        # Daemon down: spooled.
+        proc = run()
+        assert proc.returncode == 0 and "spooled to" in proc.stderr, proc.stderr
+        [spooled] = list(spool.iterdir())
+        request = json.loads(spooled.read_text())
+        assert request["drv_path"] == "/nix/store/abc-x.drv"
+        assert request["out_paths"] == ["/nix/store/abc-x"]
+
+        # Daemon up: one enqueue request, acknowledged.
+        received: list[bytes] = []
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(sock_path))
+        server.listen(1)
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                received.append(data)
+                conn.sendall(b'{"v":1,"ok":true}\n')
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            proc = run()
+        finally:
+            thread.join(timeout=10)
+            server.close()
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        [line] = received
+        assert json.loads(line)["op"] == "enqueue"
+        assert len(list(spool.iterdir())) == 1  # nothing new spooled
 
     def test_templates(self, flake: Any) -> None:
         t = flake["templates"]

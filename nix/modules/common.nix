@@ -56,8 +56,10 @@ let
             example one decrypted by sops-nix or agenix at activation. It must be an absolute path
             outside the Nix store: the store is world-readable. On NixOS, systemd hands the file to
             the daemon with `LoadCredential` (read as root when the service starts, so it may stay
-            root-only; restart `hookd.service` after rotating it, e.g. with sops-nix
-            `restartUnits`). Elsewhere the daemon reads the file itself, so the account it runs as
+            root-only), and `hookd-tokens.path` restarts `hookd.service` when the file changes. A
+            secret manager that swaps a symlinked directory instead (sops-nix, agenix) needs its
+            own restart: sops-nix `restartUnits = [ "hookd.service" ]`. Elsewhere the daemon reads
+            the file itself, and picks up a new token without a restart; the account it runs as
             must be able to read it.
           '';
         };
@@ -89,7 +91,10 @@ rec {
             flake (`nixosModules.default`, `darwinModules.default` or `homeManagerModules.default`
             set it), add the flake's `overlays.default`, or set this option.'');
         defaultText = lib.literalMD "the hookd flake's package when the module comes from the flake, else `pkgs.hookd`";
-        description = "The hookd package (it provides `hookd` and `hookd-hook`).";
+        description = ''
+          The hookd package. It provides `hookd`, and `libexec/hookd/hookd-hook`, which the
+          post-build hook runs (`bin/hookd-hook` is the same, slower to start).
+        '';
       };
 
       cacheName = mkOption {
@@ -231,7 +236,11 @@ rec {
         # hookd post-build hook: hand this build's outputs (DRV_PATH, OUT_PATHS) to the hookd
         # daemon and return. Nix aborts the build when a post-build hook fails, so this script
         # always exits 0; hookd-hook itself returns within 2 s and spools when the daemon is down.
-        ${lib.escapeShellArg (lib.getExe' cfg.package "hookd-hook")} --socket ${socket} --spool ${spool} || true
+        # libexec/hookd/hookd-hook is hook.py run by python -I -S, which starts several times
+        # faster than the console script; a package built without it falls back to the latter.
+        hook=${lib.escapeShellArg "${cfg.package}/libexec/hookd/hookd-hook"}
+        [ -x "$hook" ] || hook=${lib.escapeShellArg (lib.getExe' cfg.package "hookd-hook")}
+        "$hook" --socket ${socket} --spool ${spool} || true
       ''
       + lib.optionalString (cfg.extraPostBuildHook != null) ''
         ${lib.escapeShellArg "${cfg.extraPostBuildHook}"} ||

@@ -2,7 +2,8 @@
 #
 # nix-daemon runs a small post-build hook (as root) that hands each build's outputs to the hookd
 # daemon over /run/hookd/hookd.sock; the daemon (a hardened systemd service, as `user`) keeps a
-# durable queue and pushes to Attic. Token files reach the daemon through LoadCredential.
+# durable queue and pushes to Attic. Token files reach the daemon through LoadCredential; a path
+# unit restarts the daemon when one of them changes.
 {
   config,
   lib,
@@ -20,6 +21,9 @@ let
   credentialId = name: "attic-${name}";
   credentialPath = name: "/run/credentials/${unit}.service/${credentialId name}";
   tokenServers = lib.filterAttrs (_: s: s.tokenFile != null) cfg.servers;
+  esc = lib.escapeShellArg;
+  # A path in a unit file: % starts a specifier there.
+  unitPath = p: lib.replaceStrings [ "%" ] [ "%%" ] (toString p);
 
   configFile = common.configFile cfg;
   gcRoots = common.gcRootsEnabled cfg;
@@ -33,15 +37,51 @@ let
     cfg.settings.spool_dir
   ];
   socketDir = dirOf (toString cfg.settings.socket);
+  socketRuntimeDir = below "/run" socketDir;
   managedState = lib.filter (d: below "/var/lib" d != null) stateDirs;
   otherDirs = lib.unique (
     lib.filter (d: below "/var/lib" d == null) stateDirs
-    ++ lib.optional (below "/run" socketDir == null) socketDir
+    ++ lib.optional (socketRuntimeDir == null) socketDir
   );
   gcRootsDir = common.gcRootsDir {
     stateDir = cfg.settings.state_dir;
     inherit (cfg) user;
   };
+
+  # Token rotation. LoadCredential copies each token file when the service starts, so the daemon's
+  # own watching only ever sees that copy. hookd-tokens.path watches the token files themselves
+  # (PathChanged= follows a symlink to the file it ends at: a write, a replacement by rename or
+  # a deletion there triggers it) and starts this script, which restarts the daemon when a token
+  # differs from the copy it was given; so a spurious event (a touch, a secret manager pruning an
+  # old generation) does not interrupt uploads. A restart is safe: the queue is durable.
+  #
+  # sops-nix and agenix do not write the file: they write a new generation directory and swap
+  # the symlink in front of it (/run/secrets -> /run/secrets.d/N). systemd sees that only as an
+  # event on a parent and re-resolves its watch, without triggering; watching the parent
+  # directories would not help, as they sit behind the same symlink. Their own restart hooks
+  # cover them (sops-nix: restartUnits = [ "hookd.service" ]; see docs/modules.md).
+  tokenRotated = pkgs.writeShellScript "hookd-token-rotated" ''
+    credentials=${esc "/run/credentials/${unit}.service"}
+    changed=
+    check() { # check SERVER TOKEN-FILE
+      if [ ! -e "$2" ]; then
+        echo "token file $2 (server $1) is missing; ${unit}.service keeps the token it has" >&2
+      elif ! ${pkgs.diffutils}/bin/cmp -s -- "$2" "$credentials/attic-$1"; then
+        changed="$changed $1"
+      fi
+    }
+    ${lib.concatStrings (
+      lib.mapAttrsToList (name: s: ''
+        check ${esc name} ${esc (toString s.tokenFile)}
+      '') tokenServers
+    )}
+    if [ -z "$changed" ]; then
+      echo "tokens unchanged; ${unit}.service keeps running"
+      exit 0
+    fi
+    echo "new token for server(s)$changed: restarting ${unit}.service if it runs (queued paths are kept)"
+    exec ${config.systemd.package}/bin/systemctl try-restart ${unit}.service
+  '';
 
   localServers = common.localServers cfg [
     config.networking.hostName
@@ -69,7 +109,23 @@ in
     group = lib.mkOption {
       type = lib.types.str;
       default = "hookd";
-      description = "Group the daemon runs as; it owns the state and runtime directories.";
+      description = ''
+        Group the daemon runs as; it owns the state directories and, unless
+        {option}`services.attic-post-build-hook.adminGroup` is set, the socket's directory.
+      '';
+    };
+    adminGroup = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "wheel";
+      description = ''
+        A group whose members may use `hookd status`, `hookd push` and `hookd wait` without sudo.
+        The daemon's socket and its directory are handed to this group (the directory gets the
+        setgid bit, so the socket hookd creates in it belongs to the group without the daemon
+        joining it), and the group goes into `settings.socket_group` and
+        `settings.allowed_groups`. Without it, members of
+        {option}`services.attic-post-build-hook.group` may use them.
+      '';
     };
     createUser = lib.mkOption {
       type = lib.types.bool;
@@ -92,6 +148,24 @@ in
           need an explicit path. Remove the setting to get the default.'';
       }
       {
+        assertion = cfg.adminGroup == null || cfg.settings.socket == null || socketRuntimeDir != null;
+        message = ''
+          services.attic-post-build-hook.adminGroup needs the socket below /run (the default,
+          /run/hookd/hookd.sock), where systemd creates its directory for the service; got
+          settings.socket = "${toString cfg.settings.socket}".'';
+      }
+      {
+        assertion =
+          (cfg.settings.socket_group or null) == null
+          || cfg.adminGroup != null
+          || cfg.settings.socket_group == cfg.group;
+        message = ''
+          services.attic-post-build-hook.settings.socket_group = "${toString (cfg.settings.socket_group or "")}" alone
+          does not let that group reach the socket: its directory belongs to the service's group, and
+          the daemon may only hand its socket to a group it is in. Set
+          services.attic-post-build-hook.adminGroup = "${toString (cfg.settings.socket_group or "")}"; instead.'';
+      }
+      {
         assertion = cfg.createUser || config.users.users ? ${cfg.user};
         message = ''
           services.attic-post-build-hook.user = "${cfg.user}" does not exist and createUser is off.
@@ -108,13 +182,25 @@ in
 
     # Pushing a host's builds to an atticd on the same host works (the queue rides out atticd
     # restarts), so this is only a warning.
-    warnings = lib.optional ((config.services.atticd.enable or false) && localServers != { }) ''
+    warnings =
+      lib.optional (cfg.adminGroup != null && !(config.users.groups ? ${cfg.adminGroup})) ''
+        services.attic-post-build-hook.adminGroup = "${cfg.adminGroup}" is not defined in users.groups;
+        make sure the group exists on this host, or hookd's socket stays with group ${cfg.group}.''
+      ++ lib.optional ((config.services.atticd.enable or false) && localServers != { }) ''
       services.attic-post-build-hook: server(s) ${lib.concatStringsSep ", " (lib.attrNames localServers)}
       point at this host, which also runs services.atticd. hookd queues paths while atticd restarts,
       so this is safe, but every local build is pushed into the cache on the same machine. If that
       is not what you want, point the server at another cache or disable the hook on this host.'';
 
-    services.attic-post-build-hook.settings = common.render cfg (name: _: credentialPath name);
+    services.attic-post-build-hook.settings = lib.mkMerge [
+      (common.render cfg (name: _: credentialPath name))
+      {
+        # Who may use the socket besides root and the daemon's user: its directory and the socket
+        # belong to adminGroup when set, else to the service's group; the daemon agrees.
+        allowed_groups = [ cfg.group ] ++ lib.optional (cfg.adminGroup != null) cfg.adminGroup;
+      }
+      (lib.mkIf (cfg.adminGroup != null) { socket_group = cfg.adminGroup; })
+    ];
     services.attic-post-build-hook.postBuildHook = common.hookScript {
       inherit cfg;
       socket = lib.escapeShellArg (toString cfg.settings.socket);
@@ -180,11 +266,18 @@ in
 
         # The daemon reads each token from its credential, never from /run/secrets.
         LoadCredential = lib.mapAttrsToList (
-          name: s: "${credentialId name}:${toString s.tokenFile}"
+          name: s: "${credentialId name}:${unitPath s.tokenFile}"
         ) tokenServers;
 
-        RuntimeDirectory = lib.mkIf (below "/run" socketDir != null) (below "/run" socketDir);
+        RuntimeDirectory = lib.mkIf (socketRuntimeDir != null) socketRuntimeDir;
         RuntimeDirectoryMode = "0750";
+        # With adminGroup: the socket's directory goes to that group, setgid, so the socket the
+        # daemon binds there belongs to it too (the daemon need not be a member). "+": as root,
+        # outside the sandbox (RestrictSUIDSGID); "-": a missing group must not keep hookd down.
+        ExecStartPre = lib.mkIf (cfg.adminGroup != null && socketRuntimeDir != null) [
+          "-+${lib.escapeShellArgs [ "${pkgs.coreutils}/bin/chgrp" cfg.adminGroup (unitPath socketDir) ]}"
+          "-+${lib.escapeShellArgs [ "${pkgs.coreutils}/bin/chmod" "2750" (unitPath socketDir) ]}"
+        ];
         StateDirectory = map (below "/var/lib") managedState;
         StateDirectoryMode = "0750";
         ReadWritePaths = otherDirs ++ lib.optional gcRoots gcRootsDir;
@@ -222,6 +315,22 @@ in
           "~@privileged"
         ];
         UMask = "0077";
+      };
+    };
+
+    systemd.paths.hookd-tokens = lib.mkIf (tokenServers != { }) {
+      description = "hookd: watch the Attic token files";
+      wantedBy = [ "multi-user.target" ];
+      pathConfig = {
+        PathChanged = lib.unique (lib.mapAttrsToList (_: s: unitPath s.tokenFile) tokenServers);
+        Unit = "hookd-token-rotated.service";
+      };
+    };
+    systemd.services.hookd-token-rotated = lib.mkIf (tokenServers != { }) {
+      description = "hookd: restart the daemon after a token rotation";
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = tokenRotated;
       };
     };
   };

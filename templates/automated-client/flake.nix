@@ -5,7 +5,8 @@
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
     nix-darwin.url = "github:nix-darwin/nix-darwin";
     nix-darwin.inputs.nixpkgs.follows = "nixpkgs";
-    # Where you get hookd from (a fork, a mirror or a local checkout: "path:/src/hookd").
+    # github:hookd/hookd is a placeholder: replace it with where you host hookd (a fork, a mirror
+    # or a local checkout: "path:/src/hookd").
     hookd.url = "github:hookd/hookd";
     hookd.inputs.nixpkgs.follows = "nixpkgs";
   };

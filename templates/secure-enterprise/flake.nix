@@ -7,7 +7,8 @@
     sops-nix.inputs.nixpkgs.follows = "nixpkgs";
     home-manager.url = "github:nix-community/home-manager";
     home-manager.inputs.nixpkgs.follows = "nixpkgs";
-    # Where you get hookd from (a fork, a mirror or a local checkout: "path:/src/hookd").
+    # github:hookd/hookd is a placeholder: replace it with where you host hookd (a fork, a mirror
+    # or a local checkout: "path:/src/hookd").
     hookd.url = "github:hookd/hookd";
     hookd.inputs.nixpkgs.follows = "nixpkgs";
   };

@@ -6,6 +6,8 @@
   sops.defaultSopsFile = ./secrets/builder.yaml;
   sops.secrets."attic/push-token" = {
     # LoadCredential copies the token when the service starts: restart hookd after a rotation.
+    # (The module's hookd-tokens.path watches the file, but sops-nix does not rewrite it: it
+    # swaps the /run/secrets symlink to a new generation, which systemd does not report.)
     restartUnits = [ "hookd.service" ];
   };
 

@@ -113,6 +113,7 @@ let
     "bashInteractive"
     "cacert"
     "coreutils"
+    "diffutils"
     "findutils"
     "gnugrep"
     "gnused"
@@ -248,6 +249,7 @@ let
           "cryptography"
         ] (n: fakeDrv n { })
         // {
+          python = fakeDrv "python3" { interpreter = "${builtins.storeDir}/${zeros}-python3/bin/python3"; };
           buildPythonApplication =
             args:
             fakeDrv "${args.pname}-${args.version}" {

@@ -24,6 +24,9 @@ in
       pythonImportsCheck
       ;
     name = pkg.name;
+    # The fast hook entry point is made here; the test runs this script.
+    postInstall = pkg.args.postInstall;
+    python = (e.fakePkgs "x86_64-linux").python3Packages.python.interpreter;
     buildSystem = map (d: d.name) pkg.args.build-system;
     dependencies = map (d: d.name) pkg.args.dependencies;
     mainProgram = pkg.meta.mainProgram;
@@ -36,6 +39,7 @@ in
     subpackage = srcHas "hookd/targets/base.py" "regular";
     pyproject = srcHas "pyproject.toml" "regular";
     readme = srcHas "README.md" "regular";
+    license = srcHas "LICENSE" "regular";
     tests = srcHas "tests/test_nix_modules.py" "regular";
     testsDir = srcHas "tests" "directory";
     nix = srcHas "nix/package.nix" "regular";

@@ -40,6 +40,10 @@ let
       postBuildHookOption = c.services.attic-post-build-hook.postBuildHook.text;
       yaml = c.environment.etc."hookd/config.yaml".source.text;
       unitText = c.systemd.units."hookd.service".unit.env.text;
+      # Token rotation: the path unit and the oneshot it starts (null without token files).
+      tokensPathText = c.systemd.units."hookd-tokens.path".unit.env.text or null;
+      rotatedUnitText = c.systemd.units."hookd-token-rotated.service".unit.env.text or null;
+      rotatedScript = c.systemd.services.hookd-token-rotated.serviceConfig.ExecStart.text or null;
       serviceConfig = svc.serviceConfig;
       environment = svc.environment;
       path = map toString svc.path;
@@ -61,7 +65,7 @@ in
     view ev // { optionDocs = e.optionDocs ev; };
 
   # The plain module file (not through the flake): the package comes from pkgs.hookd. Also an
-  # account defined elsewhere, and no GC roots.
+  # account defined elsewhere, no GC roots, and an adminGroup the host does not declare.
   plain = view (
     e.nixos {
       modules = [
@@ -71,6 +75,7 @@ in
             user = "uploader";
             group = "uploader";
             settings.nix.gc_roots = false;
+            adminGroup = "ops";
           };
           users.users.uploader = {
             isSystemUser = true;
@@ -82,10 +87,12 @@ in
     }
   );
 
+  # Everything elsewhere, and no token file (so no token watching).
   custom = view (
     with' (
       base
       // {
+        servers.main = server // { tokenFile = null; };
         user = "root";
         group = "root";
         extraPostBuildHook = "/etc/nix/sign-outputs.sh";
@@ -102,6 +109,21 @@ in
           ];
           upload.stop_timeout = 40;
           filter.exclude = [ "-nixos-system-" ];
+        };
+      }
+    )
+  );
+
+  # Admins without sudo, and tokens for two of three servers (one path needs escaping in a unit).
+  admin = view (
+    with' (
+      base
+      // {
+        adminGroup = "wheel";
+        servers = {
+          main = server;
+          mirror = server // { tokenFile = "/var/lib/secrets/mirror-100%"; };
+          public = server // { tokenFile = null; };
         };
       }
     )
@@ -133,15 +155,18 @@ in
 
   # Bad configurations, several mistakes per host to keep the evaluations few.
   bad = lib.mapAttrs (_: ev: (checks ev).failed) {
-    # token in the store, an unknown settings key, a bad server name and endpoint
+    # token in the store, an unknown settings key, a bad server name and endpoint; adminGroup
+    # with a socket outside /run
     storeToken = with' (
       base
       // {
+        adminGroup = "wheel";
         servers = {
           main = server // { tokenFile = "/nix/store/00000000000000000000000000000000-attic-token"; };
           "bad name" = server // { endpoint = "cache.example.com"; };
         };
         settings.colour = "blue";
+        settings.socket = "/srv/hookd/hookd.sock";
       }
     );
     # token as a path literal, a bad cache name, a target naming an unknown server
@@ -158,12 +183,13 @@ in
         ];
       }
     );
-    # a user that does not exist; no socket
+    # a user that does not exist; no socket; socket_group without adminGroup
     missingUser = with' (
       base
       // {
         user = "ghost";
         settings.socket = null;
+        settings.socket_group = "wheel";
       }
     );
     # a cache without servers: nowhere to push
