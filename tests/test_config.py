@@ -826,5 +826,5 @@ def test_cli_missing_config_from_env_exits_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [-1, 20, "10", True, 1.5])
 def test_nice_must_be_0_to_19(value: object) -> None:
-    with pytest.raises(ConfigError, match="'nice'.*0 .*19"):
+    with pytest.raises(ConfigError, match=r"'nice'.*0 .*19"):
         parse_config({"nice": value})
