@@ -487,7 +487,7 @@ def test_config_generator_reaches_both_outcomes() -> None:
     ok: list[Config] = []
     errors: set[str] = set()
 
-    @settings(max_examples=2000, deadline=None, database=None, derandomize=True)
+    @settings(max_examples=4000, deadline=None, database=None, derandomize=True)
     @given(st.binary(max_size=200))
     def sample(data: bytes) -> None:
         try:
