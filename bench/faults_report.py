@@ -1,0 +1,652 @@
+"""Run the fault and abuse suite once, full size, and write docs/reliability.md from its numbers.
+
+    .venv/bin/python bench/faults_report.py                 # run (HOOKD_SLOW=1) and render
+    .venv/bin/python bench/faults_report.py --render DIR    # re-render a previous run's DIR
+
+A run goes to ``bench/out/faults-<UTC time>/``: ``results.jsonl`` (one line per scenario, written
+by tests/test_faults.py when HOOKD_FAULTS_REPORT is set), ``junit.xml`` (outcomes, xfail reasons),
+``pytest.log`` and ``meta.json`` (command, wall time, machine facts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = "HOOKD_SLOW=1 .venv/bin/pytest -m fault tests/test_faults.py"
+FAST_COMMAND = ".venv/bin/pytest -m fault tests/test_faults.py"
+
+# What each scenario does and asserts, in the order of the report.
+SCENARIOS: dict[str, str] = {
+    "kill -9 at random moments": (
+        "Paths built with real Nix; one real `hookd-hook` process per path (8 at a time, paced "
+        "over the kill schedule; half of them with `OUT_PATHS` empty, as Nix 2.8 sends it); the "
+        "daemon is `kill -9`ed at random moments (`random.Random(seed)`) and restarted each time, "
+        "while hooks are being acknowledged, requests resolved and uploads in flight. *Accepted* "
+        "= the hook got its acknowledgement, or spooled the request (fsync'd, imported at start). "
+        "Asserted: every hook exited 0 and was acknowledged or spooled; after the last restart "
+        "the closure of every accepted path is on the server; no spool file is left; at least "
+        "one kill landed mid-push; duplicate uploads ≤ 4 per kill."
+    ),
+    "server down mid-push + random 5xx/resets": (
+        "The server answers 30 % of API requests with HTTP 500 and resets 10 % of connections "
+        "(seeded) for the whole run; once a quarter of the paths are on it, it goes down "
+        "(connection refused) for the given time. Asserted: the closure of every path is on the "
+        "server in the end; failed connection attempts in any 60 s window while it is down ≤ "
+        "(concurrency + `breaker_threshold`) x `retry_attempts` (the in-flight uploads retry, "
+        "then whole batches, until the circuit breaker opens); duplicate uploads ≤ max(3, 5 %). "
+        "The fast variant uses a scaled-down backoff, the full one the daemon's defaults "
+        "(`min_backoff` 1 s, `breaker_threshold` 5, `breaker_cooldown` 30 s) with `max_backoff` "
+        "capped at 60 s. While the server is down it cannot count anything, so the attempts are "
+        "counted from the daemon's debug log (one `attic.retry` event per failed attempt)."
+    ),
+    "token rotated mid-run": (
+        "(a) Planned rotation during a push: the token file is replaced atomically (as sops-nix "
+        "and agenix do); every request from 0.5 s after the rotation carries the new token (the "
+        "server records each token's `sub`) and nothing fails. (b) The token expires before it "
+        "is rotated: new paths park with the expiry in the message, the server sees ≤ 3 requests "
+        "while they are parked, and replacing the file resumes them without a restart, pushed "
+        "with the newer token."
+    ),
+    "token file removed": (
+        "The token file is deleted mid-run. New paths park with a message naming the missing "
+        "file; the daemon is restarted while they are parked (they survive, and stay quiet); no "
+        "HTTP request is made without a token; restoring the file resumes the push without a "
+        "restart."
+    ),
+    "cache deleted on the server": (
+        "The cache is deleted on the server after 10 pushes. A new path parks with Attic's "
+        "`NoSuchCache` turned into a message naming the cache, the server and the fix; it "
+        "survives a daemon restart; ≤ 3 requests while parked; re-creating the cache and "
+        "`hookd retry --all` push it. (See the known bug below for closures pushed before the "
+        "deletion.)"
+    ),
+    "garbage collection while queued": (
+        "The server is down, so the paths wait in the queue. Every queued path is pinned (a GC "
+        "root in the state directory, counted by `status.gc_roots`); `nix-store --delete` of "
+        "each queued path and of each of its dependencies is refused (`still alive`), while an "
+        "unqueued control path is deleted. (A full `nix-store --gc` would also delete other "
+        "tests' unrooted paths, so the suite deletes path by path.) When the server is back "
+        "everything is pushed, the roots are released and the paths become collectable."
+    ),
+    "path collected before it was pinned": (
+        "A path is spooled while the daemon is down and garbage-collected before the daemon "
+        "starts (nothing can pin it then). It is failed with `path is no longer valid in the "
+        "local store` and a `skip.gone` log line, with no request sent for it; the next path is "
+        "pushed normally."
+    ),
+    "SIGTERM during an upload (cut-off)": (
+        "An 8 MiB NAR is sent through a proxy paced at 2 MiB/s; SIGTERM arrives with half the "
+        "body sent and `stop_timeout` 2 s. Asserted: the daemon exits within `stop_timeout` + "
+        "3 s, the cut-off upload is not on the server and stays queued (`daemon.stopped` "
+        "reports the unfinished task); after a restart everything lands, with no duplicate."
+    ),
+    "SIGTERM during an upload (finishes)": (
+        "The same, with `stop_timeout` 15 s: the in-flight upload finishes before the daemon "
+        "exits (well before the timeout), and nothing is uploaded twice after the restart."
+    ),
+    "fuzzing the live daemon socket": (
+        "Hypothesis cases sent to a running daemon over a few reused connections: random bytes "
+        "(newlines included: one reply per line), random JSON values, and request-shaped objects "
+        "(mostly valid `v`/`op`, random fields, near-valid store paths; `wait` timeouts set to 0 "
+        "and `backfill` given a non-numeric `since`, because those valid requests are slow, not "
+        "bad). Then 50 lines cut off by EOF, one line over 1 MiB, and 200 idle or half-written "
+        "connections. Asserted: every line gets exactly one JSON reply with `ok` true or false "
+        "and a known error code (never `internal`); no `socket.error`, `socket.op_failed` or "
+        "`task.crashed` in the log; the daemon still answers `ping`."
+    ),
+}
+
+PEERS = [
+    (
+        "daemon killed or restarted mid-push",
+        "queue in memory: a SIGTERM lost the in-flight path and two queued ones, nothing logged "
+        "(§3, ran)",
+        "`cachix daemon` queue in memory, no restart durability (§4)",
+        "no durability; store events missed while down are never caught up (§6)",
+        "SQLite queue, resumes pending paths after a restart (§7)",
+        "kill",
+    ),
+    (
+        "hook fires while the daemon is down",
+        "hook retries for 409.6 s, then exits 2: the build fails (§3, ran)",
+        "hook exits non-zero ~15 s later: the build fails (fedimint/fedimint#5186, "
+        "cachix/cachix-action#185, cachix/cachix#726)",
+        "no hook (watch-store); events are missed",
+        "5 s deadline, exits 0, the paths are lost (§7)",
+        "down",
+    ),
+    (
+        "concurrent hooks",
+        "—",
+        "—",
+        "—",
+        "`SQLITE_BUSY`: paths silently not uploaded (ocf/nix#337)",
+        "concurrent",
+    ),
+    (
+        "server down, 5xx, resets",
+        'your script re-run 1 s apart, 5 attempts in all, then "Dropped message" (§3)',
+        "backoff 1-15 s (≤ 90 s), 3 more tries 5 s apart, then failed, not re-queued (§4)",
+        "no retries (zhaofengli/attic#239, #141); watch-store panics when the server fails "
+        "mid-session (#226) and never retries a failed path (§6)",
+        "backoff 1 s-15 min, stays queued (§7)",
+        "server",
+    ),
+    (
+        "token rotated",
+        "credentials exported as environment variables at start: restart needed (§3)",
+        "token read once at start: restart needed (§4)",
+        "`token-file` re-read when the config is loaded (attic PR #51; §0.3)",
+        "token file (`--auth-token-path`); re-reading not covered in peers.md",
+        "rotation",
+    ),
+    (
+        "token missing or invalid, cache deleted",
+        "not told apart from outages: dropped after 5 attempts (§9.3)",
+        "not told apart: the path fails (§9.3)",
+        '"Unauthorized." with no reason (zhaofengli/attic#90, #166)',
+        "not told apart: backoff (§9.3)",
+        "auth",
+    ),
+    (
+        "garbage collection of a queued path",
+        "—",
+        "watch-store crashed on `nix::InvalidPath` (cachix/cachix#370; 1.6.1 filters invalid "
+        "paths)",
+        "—",
+        "drops collected paths with a warning (§7)",
+        "gc",
+    ),
+    (
+        "SIGTERM (systemd's stop)",
+        "drops everything (§3, ran)",
+        "exits at once, dropping the queue; only `cachix daemon stop`/SIGINT drains, 60 s (§4)",
+        "no durability (§6)",
+        "drains what it can; the rest stays queued (§7)",
+        "sigterm",
+    ),
+    (
+        "malformed requests on the socket",
+        "not covered in peers.md",
+        "not covered in peers.md",
+        "—",
+        "not covered in peers.md",
+        "fuzz",
+    ),
+]
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def sh(argv: list[str]) -> str:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def commit() -> str:
+    head = sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = sh(["git", "-C", str(ROOT), "status", "--porcelain", "--", "hookd"]).splitlines()
+    if dirty:
+        files = ", ".join(sorted(line[3:] for line in dirty))
+        return f"{head} + uncommitted changes in {files} (shared working tree)"
+    return head
+
+
+def machine_facts() -> dict[str, str]:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    os_name = "?"
+    if Path("/etc/os-release").exists():
+        m = re.search(r'^PRETTY_NAME="?([^"\n]*)', Path("/etc/os-release").read_text(), re.M)
+        os_name = m.group(1) if m else "?"
+    py = ROOT / ".venv" / "bin" / "python"
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} CPUs",
+        "memory": f"{mem_kib / 1024 / 1024:.0f} GiB",
+        "os": f"{os_name}, Linux {platform.release()}",
+        "python": sh([str(py), "-c", "import sys; print(sys.version.split()[0])"]),
+        "nix": sh(["nix", "--version"]),
+        "hypothesis": sh([str(py), "-c", "import hypothesis; print(hypothesis.__version__)"]),
+        "commit": commit(),
+        "store": "single-user root store, `sandbox = false` (the integration-test Nix)",
+    }
+
+
+def run(out: Path, extra: list[str]) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    results.unlink(missing_ok=True)
+    env = {**os.environ, "HOOKD_SLOW": "1", "HOOKD_FAULTS_REPORT": str(results)}
+    argv = [
+        str(ROOT / ".venv" / "bin" / "pytest"),
+        "-m",
+        "fault",
+        "tests/test_faults.py",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={out / 'junit.xml'}",
+        "-rA",
+        *extra,
+    ]
+    start_wall = time.time()
+    start = time.monotonic()
+    with open(out / "pytest.log", "w") as log:
+        rc = subprocess.call(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    meta = {
+        "command": COMMAND,
+        "argv": argv,
+        "exit_code": rc,
+        "wall_s": round(time.monotonic() - start, 1),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start_wall)),
+        "machine": machine_facts(),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return rc
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def outcomes(junit: Path) -> tuple[dict[str, int], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Counts by outcome, the xfailed tests with reasons, and failures."""
+    counts = {"passed": 0, "failed": 0, "xfailed": 0, "skipped": 0}
+    xfails: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = []
+    if not junit.exists():
+        return counts, xfails, failures
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = case.get("name", "?")
+        skipped = case.find("skipped")
+        failure = case.find("failure")
+        error = case.find("error")
+        if skipped is not None and skipped.get("type") == "pytest.xfail":
+            counts["xfailed"] += 1
+            xfails.append((name, skipped.get("message", "")))
+        elif skipped is not None:
+            counts["skipped"] += 1
+        elif failure is not None or error is not None:
+            counts["failed"] += 1
+            node = failure if failure is not None else error
+            assert node is not None
+            failures.append((name, (node.get("message") or "")[:300]))
+        else:
+            counts["passed"] += 1
+    return counts, xfails, failures
+
+
+def drain(row: dict[str, Any]) -> str:
+    if row.get("time_to_drain_s") is None:
+        return "—"
+    return f"{row['time_to_drain_s']} s"
+
+
+def rate(row: dict[str, Any]) -> str:
+    value = row.get("max_requests_per_min_failing")
+    if value is None:
+        return "—"
+    window = row.get("failing_window_s")
+    bound = row.get("rate_bound")
+    text = str(value)
+    if window is not None:
+        text += f" (in {window} s)"
+    if bound is not None:
+        text += f", bound {bound}"
+    return text
+
+
+def render(out: Path, dest: Path) -> str:
+    meta = json.loads((out / "meta.json").read_text())
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line]
+    counts, xfails, failures = outcomes(out / "junit.xml")
+    facts = meta["machine"]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault(row["scenario"], []).append(row)
+    order = [s for s in SCENARIOS if s in by] + [s for s in by if s not in SCENARIOS]
+
+    lines: list[str] = []
+    w = lines.append
+    w("# Reliability: the fault and abuse suite")
+    w("")
+    w(
+        "hookd's promise is that a build result, once the post-build hook has handed it over, "
+        "reaches the binary cache in the end, whatever happens to the daemon, the server or the "
+        "token in between, and that no fault turns into a failed build or a hammered server. "
+        "`tests/test_faults.py` checks that against a real `hookd daemon`, real Nix and the "
+        "Attic-compatible test server (`tests/attic_server.py`), injecting each fault for real "
+        "(`kill -9`, SIGTERM, a refusing or failing server, token files and caches changed under "
+        "the daemon, `nix-store --delete`, garbage on the socket). Every number below comes from "
+        "one run of the full suite."
+    )
+    w("")
+    w("## The run")
+    w("")
+    w("```sh")
+    w(f"{COMMAND}        # full size (this report)")
+    w(f"{FAST_COMMAND}                    # fast variants only: what CI runs")
+    w(
+        ".venv/bin/python bench/faults_report.py             # runs the first command, writes this file"
+    )
+    w("```")
+    w("")
+    w(
+        f"Run {meta['started']}, wall time {meta['wall_s']:.0f} s, pytest exit code "
+        f"{meta['exit_code']}: {counts['passed']} passed, {counts['xfailed']} xfailed (known bugs, "
+        f"below), {counts['failed']} failed, {counts['skipped']} skipped."
+    )
+    w("")
+    w("| machine | |")
+    w("|---|---|")
+    for key in ("cpu", "memory", "os", "python", "nix", "hypothesis", "store", "commit"):
+        w(f"| {key} | {cell(facts.get(key))} |")
+    w("")
+    w(
+        "Each test has the `fault` marker. The full-size variants (300 paths x 10 kills, "
+        "30 s of downtime, 10,000 fuzz cases) are also marked `slow` and skipped unless "
+        "`HOOKD_SLOW=1`; plain `pytest` (CI) runs the fast variants (60 paths x 3 kills, 5 s "
+        "of downtime, 2,000 fuzz cases) and every other scenario in about two minutes."
+    )
+    w("")
+    w("Columns:")
+    w("")
+    w(
+        "- **lost**: store paths in the closure of an accepted path that are not on the server at "
+        "the end. Checked against the server's own objects, not against hookd's bookkeeping."
+    )
+    w(
+        "- **duplicate uploads**: `upload-path` requests answered 200 for a store path that was "
+        "already uploaded (the server deduplicates them, but they cost bandwidth)."
+    )
+    w(
+        "- **max requests/min while failing**: the most requests in any 60 s window while the "
+        "server was unreachable or the paths were parked (for a shorter window, all of them), "
+        "with the window's length."
+    )
+    w(
+        "- **time to drain**: from the end of the fault (server back, token restored, restart) to "
+        "the last path pushed."
+    )
+    w("")
+    w("## Summary")
+    w("")
+    w(
+        "| scenario | variant | paths | lost | duplicate uploads | max requests/min while "
+        "failing | time to drain | result |"
+    )
+    w("|---|---|---|---|---|---|---|---|")
+    for name in order:
+        for row in by[name]:
+            w(
+                f"| {cell(name)} | {row['variant']} | {cell(row.get('paths'))} | "
+                f"{cell(row.get('lost'))} | {cell(row.get('duplicate_uploads'))} | "
+                f"{cell(rate(row))} | {drain(row)} | {cell(row.get('result'))} |"
+            )
+    w("")
+    for i, name in enumerate(order, 1):
+        w(f"## {i}. {name[0].upper() + name[1:]}")
+        w("")
+        if name in SCENARIOS:
+            w(SCENARIOS[name])
+            w("")
+        w(
+            "| variant | paths | faults injected | lost | duplicate uploads | max requests/min "
+            "while failing | time to drain | result |"
+        )
+        w("|---|---|---|---|---|---|---|---|")
+        for row in by[name]:
+            w(
+                f"| {row['variant']} | {cell(row.get('paths'))} | {cell(row.get('faults'))} | "
+                f"{cell(row.get('lost'))} | {cell(row.get('duplicate_uploads'))} | "
+                f"{cell(rate(row))} | {drain(row)} | {cell(row.get('result'))} |"
+            )
+        w("")
+        for row in by[name]:
+            extra = details(row)
+            if extra:
+                w(f"Details ({row['variant']}): {extra}")
+                w("")
+        shown = next((r for r in by[name] if r["variant"] == "full"), by[name][0])
+        message = shown.get("message")
+        if message:
+            where = shown.get("seen_in") or "`hookd status`"
+            w(f"What the user sees ({shown['variant']} run, in {where}):")
+            w("")
+            for line in [message] if isinstance(message, str) else message:
+                w(f"- `{shorten(line)}`")
+            w("")
+    w("## Known bugs found by this suite")
+    w("")
+    w(
+        "Each is a test marked `xfail(strict=True)`: it fails today for the stated reason and "
+        "will turn the suite red (XPASS) once the bug is fixed, so the marker gets removed."
+    )
+    w("")
+    if xfails:
+        w("| test | what goes wrong |")
+        w("|---|---|")
+        for name, reason in xfails:
+            w(f"| `{name}` | {cell(reason)} |")
+    else:
+        w("None.")
+    w("")
+    if failures:
+        w("## Failures in this run")
+        w("")
+        for name, message in failures:
+            w(f"- `{name}`: {cell(message)}")
+        w("")
+    w("## Observations")
+    w("")
+    w(
+        "- During an outage with more queued paths than `batch_size`, each retry cycle claims "
+        "paths that were never tried (their attempts are 0), so the per-path backoff stays at "
+        "`min_backoff` and only the per-server circuit breaker limits the rate. After each "
+        "cooldown the breaker needs `breaker_threshold` more failing cycles (of `retry_attempts` "
+        "requests each) before it opens again: with the defaults that is about 20 requests per "
+        "25 s + cooldown (30 s, then 60 s, …, up to `max_backoff`). Bounded, but a half-open "
+        "breaker (one failed probe re-opens it) would cut it to one request per cooldown."
+    )
+    w(
+        "- An auth failure (401/403, missing token file) or a missing cache parks the batch in "
+        "hand only; the target's other pending paths are then tried batch by batch, one failing "
+        "request each (queue length / `batch_size` requests, e.g. 3 for 10 paths in batches of 4 "
+        "in the token run) before everything is parked. Parking every pending item of the "
+        "server (or cache) at the first such answer would make it one request."
+    )
+    w(
+        "- Under random failures the worker pushes one batch at a time, so a path that is "
+        "retrying (up to `retry_attempts` attempts with in-process backoff) holds up the next "
+        "batch; that, not the outage itself, dominates the drain time of the full downtime run."
+    )
+    w("")
+    w("## Compared with the peers")
+    w("")
+    w(
+        "What the other uploaders do in the same situations, from the project's survey of the "
+        'peers (`peers.md`; section and issue numbers are the ones it cites, "ran" marks '
+        "behaviour it measured; zhaofengli/attic#166 is from `attic-api.md` §10), next to what "
+        "this run measured for hookd."
+    )
+    w("")
+    w(
+        "| situation | queued-build-hook | cachix | attic watch-store / push | niks3-hook | "
+        "hookd (this run) |"
+    )
+    w("|---|---|---|---|---|---|")
+    for situation, qbh, cachix, attic, niks3, ours in PEERS:
+        w(
+            f"| {situation} | {cell(qbh)} | {cell(cachix)} | {cell(attic)} | {cell(niks3)} | "
+            f"{cell(ours_summary(ours, by))} |"
+        )
+    w("")
+    w("## Left out")
+    w("")
+    w(
+        "- A full `nix-store --gc` (it would delete every unrooted path on the machine, other "
+        "test runs' included); GC is exercised with `nix-store --delete` per path, which uses "
+        "the same liveness check."
+    )
+    w(
+        "- Power loss (the queue runs SQLite with `synchronous=FULL` and the hook fsyncs spool "
+        "files, but nothing here cuts power); disk full; a server that accepts connections and "
+        "never answers (covered only by `request_timeout`)."
+    )
+    w(
+        "- Real atticd: the server is the Attic-compatible test server; multi-user Nix with a "
+        "nix-daemon is covered by `tests/test_e2e.py`, not here."
+    )
+    w("")
+    text = "\n".join(lines)
+    dest.write_text(text)
+    return text
+
+
+def shorten(text: str, limit: int = 330) -> str:
+    text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/ ]+/", "…/", str(text))
+    text = text.replace("`", "'")
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def details(row: dict[str, Any]) -> str:
+    parts = []
+    if "acknowledged" in row:
+        parts.append(
+            f"{row['acknowledged']} hooks acknowledged, {row['spooled']} spooled, "
+            f"{row['accepted']} accepted in all"
+        )
+    if "kills" in row:
+        marks = ", ".join(f"{k['hooks_done']}/{k['uploaded']}" for k in row["kills"])
+        parts.append(f"hooks done / paths uploaded at each kill: {marks}")
+    if "backoff" in row:
+        parts.append(
+            "backoff " + ", ".join(f"`{k}` {v}" for k, v in sorted(row["backoff"].items()))
+        )
+    if "exit_s" in row:
+        parts.append(f"exit {row['exit_s']} s after SIGTERM")
+    if "replies" in row:
+        replies = ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items()))
+        parts.append(f"{row.get('cases')} requests in {row.get('elapsed_s')} s; replies: {replies}")
+    return "; ".join(parts)
+
+
+def pick(by: dict[str, list[dict[str, Any]]], name: str) -> dict[str, Any] | None:
+    rows = by.get(name, [])
+    return next((r for r in rows if r["variant"] == "full"), rows[0] if rows else None)
+
+
+def ours_summary(key: str, by: dict[str, list[dict[str, Any]]]) -> str:
+    """The hookd cell of a row of the comparison, from this run's numbers."""
+    kill = pick(by, "kill -9 at random moments")
+    down = pick(by, "server down mid-push + random 5xx/resets")
+    rot = pick(by, "token rotated mid-run")
+    removed = pick(by, "token file removed")
+    deleted = pick(by, "cache deleted on the server")
+    gc = pick(by, "garbage collection while queued")
+    term = pick(by, "SIGTERM during an upload (cut-off)")
+    fuzz = pick(by, "fuzzing the live daemon socket")
+    try:
+        if key == "kill" and kill:
+            return (
+                f"{kill['paths']} paths, {len(kill['kills'])} x kill -9 at random moments: "
+                f"{kill['lost']} lost ({kill['result']})"
+            )
+        if key == "down" and kill:
+            return (
+                f"{kill['spooled']} hooks found no daemon: each spooled its request and exited 0; "
+                f"{kill['lost']} lost ({kill['result']})"
+            )
+        if key == "concurrent" and kill:
+            return (
+                f"8 hooks at a time, {kill['paths']} in all, through the kills: "
+                f"{kill['lost']} lost ({kill['result']})"
+            )
+        if key == "server" and down:
+            return (
+                f"{down['paths']} paths, {down.get('failing_window_s')} s down + 30 % 5xx + "
+                f"10 % resets: {down['lost']} lost, {down['duplicate_uploads']} duplicate "
+                f"uploads, ≤ {down['max_requests_per_min_failing']} failed attempts per minute "
+                f"while down ({down['result']})"
+            )
+        if key == "rotation" and rot:
+            return (
+                "no restart: requests after the rotation carry the new token; an expired token "
+                f"parks the paths with its expiry date, ≤ {rot['max_requests_per_min_failing']} "
+                f"requests while parked; {rot['lost']} lost ({rot['result']})"
+            )
+        if key == "auth" and removed and deleted:
+            return (
+                "parked with the missing file / the missing cache named and the fix; "
+                f"{removed['max_requests_per_min_failing']} and "
+                f"{deleted['max_requests_per_min_failing']} requests while parked; survive a "
+                f"restart; {removed['lost'] + deleted['lost']} lost ({removed['result']}, "
+                f"{deleted['result']})"
+            )
+        if key == "gc" and gc:
+            return (
+                "queued paths and their dependencies pinned by GC roots (`still alive`), "
+                f"released once pushed; {gc['lost']} lost ({gc['result']})"
+            )
+        if key == "sigterm" and term:
+            return (
+                f"exits {term.get('exit_s')} s after SIGTERM (stop_timeout 2 s); the cut-off "
+                f"upload stays queued and lands after the restart; {term['lost']} lost "
+                f"({term['result']})"
+            )
+        if key == "fuzz" and fuzz:
+            return f"{fuzz.get('cases')} requests, every line answered, no crash ({fuzz['result']})"
+    except (KeyError, TypeError):
+        pass
+    return "—"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--render", type=Path, help="only render this run directory")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
+    args = parser.parse_args(argv)
+    if args.render:
+        run_dir = args.render
+        rc = 0
+    else:
+        run_dir = ROOT / "bench" / "out" / time.strftime("faults-%Y%m%dT%H%M%SZ", time.gmtime())
+        rc = run(run_dir, args.pytest_args)
+    render(run_dir, args.out)
+    print(f"{args.out} written from {run_dir} (pytest exit code {rc})")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
