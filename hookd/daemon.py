@@ -467,7 +467,7 @@ class Daemon:
             "done_last_minute": await self.queue.done_since(now - 60),
             "targets": targets,
             "problems": problems,
-            "gc_roots": len(self.gcroots.pinned()),
+            "gc_roots": await asyncio.to_thread(self.gcroots.count),
         }
         if not self.config.targets and self.config.default_public_key_file.exists():
             result["default_cache"] = {

@@ -63,6 +63,14 @@ class GcRoots:
                     pass
         return removed
 
+    def count(self) -> int:
+        if not self.enabled:
+            return 0
+        try:
+            return sum(1 for _ in os.scandir(self.directory))
+        except OSError:
+            return 0
+
     def pinned(self) -> set[str]:
         if not self.enabled or not self.directory.exists():
             return set()

@@ -21,7 +21,8 @@ import time
 
 DEFAULT_SOCKET = "/run/hookd/hookd.sock"
 DEFAULT_SPOOL = "/var/lib/hookd/spool"
-BUDGET = 1.8  # seconds for connect + send + ack; interpreter start-up takes the rest of the 2 s
+BOUND = 2.0  # the whole hook, from exec to exit
+SPOOL_RESERVE = 0.25  # kept back for writing the spool file and exiting
 
 
 def _arg(argv: list[str], flag: str, env: str, default: str) -> str:
@@ -120,14 +121,29 @@ def _spool(spool_dir: str, payload: bytes) -> str:
     return final
 
 
+def _age() -> float:
+    """Seconds since this process was started: interpreter start-up counts against the bound
+    (on a loaded machine it alone can take a second)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except Exception:  # no /proc (macOS): count from here
+        return 0.0
+
+
 def run(argv: list[str]) -> None:
-    deadline = time.monotonic() + BUDGET
+    deadline = time.monotonic() + BOUND - SPOOL_RESERVE - _age()
     payload, has_paths = _request()
     if not has_paths:
         sys.stderr.write("hookd-hook: DRV_PATH and OUT_PATHS are empty; nothing to queue\n")
         return
     sock_path = _arg(argv, "--socket", "HOOKD_SOCKET", DEFAULT_SOCKET)
     try:
+        if deadline - time.monotonic() < 0.05:
+            raise TimeoutError("no time left after start-up")
         _send(sock_path, payload, deadline)
         return
     except Exception as e:

@@ -161,6 +161,17 @@ class Client:
         return self.call(message, timeout=timeout + 30)
 
 
+_RUNNING: list[HookdProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_daemons() -> Iterator[None]:
+    """A test that fails half-way must not leave its daemon running (it would load the machine)."""
+    yield
+    while _RUNNING:
+        _RUNNING.pop().stop(signal.SIGKILL)
+
+
 class HookdProcess:
     """A real `hookd daemon` subprocess with its own state directory and config."""
 
@@ -197,6 +208,7 @@ class HookdProcess:
             env=nix_env(),
             start_new_session=True,
         )
+        _RUNNING.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -216,6 +228,8 @@ class HookdProcess:
             self.proc.send_signal(sig)
         rc = self.proc.wait(timeout=timeout)
         self.proc = None
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         return rc
 
     def kill9(self) -> None:
