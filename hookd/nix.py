@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from hookd import nar
 from hookd.errors import NixError
 from hookd.models import Derivation, PathInfo, sha256_digest
 
@@ -24,6 +26,7 @@ log = structlog.get_logger("hookd.nix")
 ARG_CHUNK = 1000
 DUMP_CHUNK = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+SMALL_NAR = 1 << 20  # NARs up to this size are built in-process (verified against narHash)
 
 
 @dataclass(frozen=True)
@@ -187,12 +190,27 @@ class Nix:
         return await asyncio.to_thread(self.path_info, list(paths), recursive=recursive)
 
     @contextlib.asynccontextmanager
-    async def dump(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Stream the NAR of ``path`` (``nix-store --dump``) in 1 MiB chunks, never whole in memory.
+    async def dump(
+        self, path: str, *, nar_hash: bytes | None = None, nar_size: int | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream the NAR of ``path`` in chunks of up to 1 MiB, never whole in memory.
 
-        The caller must consume the iterator; on exit the process is reaped (killed if the caller
+        Given the path's recorded ``nar_hash``/``nar_size`` and a NAR of at most 1 MiB, the NAR
+        is built in-process (no `nix-store` process: most build outputs are small) and used only
+        if it matches both; otherwise, and for larger paths, it streams `nix-store --dump`. The
+        caller must consume the iterator; on exit the process is reaped (killed if the caller
         stopped early) and a non-zero exit raises NixError.
         """
+        if nar_hash is not None and nar_size is not None and nar_size <= SMALL_NAR:
+            data = await asyncio.to_thread(_small_nar, path, nar_hash, nar_size)
+            if data is not None:
+                yield _once(data)
+                return
+        async with self._dump_process(path) as chunks:
+            yield chunks
+
+    @contextlib.asynccontextmanager
+    async def _dump_process(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
         # Our own pipe, enlarged to 1 MiB: with the default 64 KiB one, a 500 MiB NAR costs
         # thousands of small reads and as many HTTP writes.
         read_fd, write_fd = os.pipe()
@@ -246,6 +264,21 @@ class Nix:
                 raise NixError(
                     f"nix-store --dump {path} failed ({rc}): {err.decode(errors='replace').strip()}"
                 )
+
+
+def _small_nar(path: str, nar_hash: bytes, nar_size: int) -> bytes | None:
+    try:
+        data = nar.serialize(path, limit=nar_size)
+    except (OSError, nar.TooLarge):
+        return None
+    if len(data) != nar_size or hashlib.sha256(data).digest() != nar_hash:
+        log.warning("nar.mismatch", path=path, action="falling back to nix-store --dump")
+        return None
+    return data
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def parse_path_info(text: str) -> list[PathInfo]:

@@ -435,7 +435,9 @@ class AtticTarget:
             length = info.nar_size
         headers["Content-Length"] = str(length)
         try:
-            async with self.nix.dump(info.path) as chunks:
+            async with self.nix.dump(
+                info.path, nar_hash=info.nar_hash, nar_size=info.nar_size
+            ) as chunks:
                 body = _verified_body(info, chunks, meta if preamble else b"")
                 resp = await self._request(
                     "PUT",
