@@ -36,7 +36,9 @@ SCENARIOS: dict[str, str] = {
         "= the hook got its acknowledgement, or spooled the request (fsync'd, imported at start). "
         "Asserted: every hook exited 0 and was acknowledged or spooled; after the last restart "
         "the closure of every accepted path is on the server; no spool file is left; at least "
-        "one kill landed mid-push; duplicate uploads ≤ 4 per kill."
+        "one kill landed mid-push; duplicate uploads ≤ 4 per kill. The push keeps pace with the "
+        "hooks (see the uploaded counts at each kill), so little or nothing is left to drain "
+        "after the last restart."
     ),
     "server down mid-push + random 5xx/resets": (
         "The server answers 30 % of API requests with HTTP 500 and resets 10 % of connections "
@@ -101,7 +103,8 @@ SCENARIOS: dict[str, str] = {
         "(mostly valid `v`/`op`, random fields, near-valid store paths; `wait` timeouts set to 0 "
         "and `backfill` given a non-numeric `since`, because those valid requests are slow, not "
         "bad). Then 50 lines cut off by EOF, one line over 1 MiB, and 200 idle or half-written "
-        "connections. Asserted: every line gets exactly one JSON reply with `ok` true or false "
+        "connections (a ping right after them retries EAGAIN from the full listen backlog, see "
+        "Observations). Asserted: every line gets exactly one JSON reply with `ok` true or false "
         "and a known error code (never `internal`); no `socket.error`, `socket.op_failed` or "
         "`task.crashed` in the log; the daemon still answers `ping`."
     ),
@@ -484,6 +487,14 @@ def render(out: Path, dest: Path) -> str:
         "request each (queue length / `batch_size` requests, e.g. 3 for 10 paths in batches of 4 "
         "in the token run) before everything is parked. Parking every pending item of the "
         "server (or cache) at the first such answer would make it one request."
+    )
+    w(
+        "- The daemon listens with asyncio's default backlog of 100. After a burst of more than "
+        "100 connects a non-blocking `connect()` (which is what a socket with a timeout does, "
+        "the hook's included) can get EAGAIN for a few milliseconds until the daemon has "
+        "accepted them; the hook then spools instead of waiting (safe, just slower to land). The "
+        "fuzz run counts these; a larger `backlog=` and a retry of EAGAIN within the hook's 2 s "
+        "budget would avoid it."
     )
     w(
         "- Under random failures the worker pushes one batch at a time, so a path that is "
