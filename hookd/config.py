@@ -47,6 +47,7 @@ UPLOAD_KEYS = {
     "ignore_upstream",
     "stop_timeout",
     "batch_window",
+    "remember_pushed",
 }
 NIX_KEYS = {"bin_dir", "timeout", "dump_timeout", "gc_roots"}
 LOG_KEYS = {"format", "level"}
@@ -106,6 +107,7 @@ class UploadConfig:
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     ignore_upstream: bool = False
+    remember_pushed: float = 3600.0  # trust "the cache has it" this long, then ask again
     batch_window: float = 0.2  # after idle, wait this long so a burst of builds shares a batch
     stop_timeout: float = 20.0  # on SIGTERM, in-flight uploads get this long; the rest stays queued
 

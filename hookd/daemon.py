@@ -36,6 +36,7 @@ log = structlog.get_logger("hookd.daemon")
 
 IDLE_CONNECTION_TIMEOUT = 60.0
 RESOLVE_BATCH = 256
+SPOOL_RESCAN_MS = 5000
 
 
 def default_target(config: Config, nix: Nix) -> StoreTarget:
@@ -156,6 +157,7 @@ class Daemon:
                     backoff=Backoff(cfg.upload.min_backoff, cfg.upload.max_backoff),
                     batch_size=cfg.upload.batch_size,
                     batch_window=cfg.upload.batch_window,
+                    remember=cfg.upload.remember_pushed,
                     on_progress=self.notify_progress,
                 )
             )
@@ -199,8 +201,9 @@ class Daemon:
             if await _socket_alive(path):
                 raise ConfigError(f"{path}: another hookd daemon is already listening there")
             path.unlink()
+        # A deep backlog: a burst of hooks (max-jobs × builders) must not meet EAGAIN.
         self._server = await asyncio.start_unix_server(
-            self.handle, path=str(path), limit=proto.MAX_MESSAGE_BYTES + 2
+            self.handle, path=str(path), limit=proto.MAX_MESSAGE_BYTES + 2, backlog=1024
         )
         os.chmod(path, 0o660)
         if self.config.socket_group:
@@ -580,8 +583,16 @@ class Daemon:
     async def spool_loop(self) -> None:
         import watchfiles
 
+        # A rescan on every wake-up and at least every few seconds: files spooled while the
+        # start-up import ran (before the watch was armed) are picked up too.
         async for _changes in watchfiles.awatch(
-            self.config.spool_dir, stop_event=self.stopping, debounce=50, step=20, recursive=False
+            self.config.spool_dir,
+            stop_event=self.stopping,
+            debounce=50,
+            step=20,
+            recursive=False,
+            rust_timeout=SPOOL_RESCAN_MS,
+            yield_on_timeout=True,
         ):
             await self.import_spool()
 

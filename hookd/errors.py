@@ -48,6 +48,10 @@ class ParkedError(PushError):
     """The target cannot accept anything until a person acts (e.g. the cache does not exist)."""
 
 
+class CacheGoneError(ParkedError):
+    """The cache does not exist (any more): whatever it was known to hold must be asked again."""
+
+
 class PermanentError(PushError):
     """This path can never be pushed as things stand (e.g. 413 from a proxy). Dead-lettered."""
 

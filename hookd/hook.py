@@ -76,7 +76,14 @@ def _send(sock_path: str, payload: bytes, deadline: float) -> None:
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(max(0.05, deadline - time.monotonic()))
-        s.connect(sock_path)
+        while True:
+            try:
+                s.connect(sock_path)
+                break
+            except BlockingIOError:  # the listen backlog is full for a moment: the daemon is busy
+                if time.monotonic() > deadline - 0.02:
+                    raise
+                time.sleep(0.01)
         s.sendall(payload)
         reply = b""
         while not reply.endswith(b"\n"):

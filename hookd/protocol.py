@@ -78,12 +78,17 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode() + b"\n"
 
 
+def _not_json(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; a NaN timeout would never expire.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def decode_request(line: bytes) -> dict[str, Any]:
     """Parse one request line; raise ProtocolError with a precise reason on anything malformed."""
     if len(line) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too-large", f"request exceeds {MAX_MESSAGE_BYTES} bytes")
     try:
-        message = json.loads(line)
+        message = json.loads(line, parse_constant=_not_json)
     except (ValueError, RecursionError) as e:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and Python's int-digit limit;
         # RecursionError comes from deeply nested arrays/objects.

@@ -17,6 +17,7 @@ import structlog
 
 from hookd.errors import (
     AuthError,
+    CacheGoneError,
     CorruptUploadError,
     NixError,
     ParkedError,
@@ -55,7 +56,9 @@ class Breaker:
 
     def failure(self) -> None:
         self.failures += 1
-        if self.failures >= self.threshold:
+        # Once opened, the first request after the cool-down is a probe: if it fails, the
+        # breaker opens again at once (for twice as long) instead of allowing `threshold` more.
+        if self.failures >= self.threshold or self.opened > 0:
             wait = min(self.max_cooldown, self.cooldown * (2**self.opened))
             self.open_until = time.monotonic() + wait
             self.opened += 1
@@ -114,6 +117,7 @@ class TargetWorker:
         batch_size: int,
         on_progress: Callable[[], None],
         batch_window: float = 0.0,
+        remember: float = 3600.0,
     ) -> None:
         self.target = target
         self.queue = queue
@@ -122,6 +126,7 @@ class TargetWorker:
         self.backoff = backoff
         self.batch_size = batch_size
         self.batch_window = batch_window
+        self.remember = remember  # how long "this target has that path" is trusted without asking
         self.wake = asyncio.Event()
         self.progress = on_progress
         self.stats = TargetStats()
@@ -193,7 +198,7 @@ class TargetWorker:
             return
         closures = {r: closure_of(r, graph) for r in live}
         wanted = set().union(*closures.values())
-        known = await self.queue.known_pushed(tid, wanted)
+        known = await self.queue.known_pushed(tid, wanted, since=time.time() - self.remember)
         needed = [graph[p] for p in sorted(wanted - known)]
         start = time.monotonic()
         if not needed:  # the whole closure is known to be there: no request at all
@@ -219,7 +224,7 @@ class TargetWorker:
             return
         self.breaker.success()
         ok = set(report.uploaded) | set(report.present) | set(report.upstream)
-        await self.queue.record_pushed(tid, ok | (known & wanted))
+        await self.queue.record_pushed(tid, ok)
         done: list[str] = []
         by_error: dict[str, Exception] = {}
         for root in live:
@@ -283,11 +288,16 @@ class TargetWorker:
         )
 
     async def _park(self, roots: Sequence[str], err: PushError) -> None:
+        """A token or cache problem holds for the whole target: park everything queued for it,
+        not just this batch, so the rest of the queue does not knock on the same door."""
         self._note(err)
-        log.error("push.parked", target=self.target.id, paths=len(roots), error=str(err))
-        await self.queue.reschedule(
-            self.target.id, roots, state=PARKED, due=time.time() + PARK_RECHECK, reason=str(err)
-        )
+        if isinstance(err, CacheGoneError):
+            forgotten = await self.queue.forget_pushed(self.target.id)
+            log.warning("cache.gone", target=self.target.id, forgotten=forgotten)
+        due = time.time() + PARK_RECHECK
+        await self.queue.reschedule(self.target.id, roots, state=PARKED, due=due, reason=str(err))
+        others = await self.queue.park_pending(self.target.id, due=due, reason=str(err))
+        log.error("push.parked", target=self.target.id, paths=len(roots) + others, error=str(err))
 
     async def _fail(self, roots: Sequence[str], err: PushError) -> None:
         self._note(err)

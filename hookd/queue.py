@@ -322,11 +322,12 @@ class Queue:
         await self._call(op)
 
     async def record_pushed(self, target: str, paths: Iterable[str]) -> None:
+        """The target confirmed it has ``paths`` (uploaded, or present when asked): trust anew."""
         now = time.time()
         rows = [(p, target, now) for p in set(paths)]
         await self._call(
             lambda c: c.executemany(
-                "INSERT OR IGNORE INTO pushed (path, target, at) VALUES (?, ?, ?)", rows
+                "INSERT OR REPLACE INTO pushed (path, target, at) VALUES (?, ?, ?)", rows
             )
         )
 
@@ -364,7 +365,10 @@ class Queue:
 
         return await self._call(op)
 
-    async def known_pushed(self, target: str, paths: Iterable[str]) -> set[str]:
+    async def known_pushed(
+        self, target: str, paths: Iterable[str], *, since: float = 0.0
+    ) -> set[str]:
+        """Which of ``paths`` the target was seen to have at or after ``since``."""
         paths = list(paths)
 
         def op(c: sqlite3.Connection) -> set[str]:
@@ -375,13 +379,32 @@ class Queue:
                 found.update(
                     r[0]
                     for r in c.execute(
-                        f"SELECT path FROM pushed WHERE target = ? AND path IN ({marks})",
-                        (target, *chunk),
+                        f"SELECT path FROM pushed WHERE target = ? AND at >= ? AND path IN ({marks})",
+                        (target, since, *chunk),
                     )
                 )
             return found
 
         return await self._call(op)
+
+    async def forget_pushed(self, target: str) -> int:
+        """The target lost what it had (its cache was deleted): ask about every path again."""
+        return await self._call(
+            lambda c: c.execute("DELETE FROM pushed WHERE target = ?", (target,)).rowcount
+        )
+
+    async def park_pending(self, target: str, *, due: float, reason: str) -> int:
+        """Park every pending item of a target (its token or cache is the problem, not a path)."""
+        now = time.time()
+        return await self._call(
+            lambda c: (
+                c.execute(
+                    "UPDATE items SET state = 'parked', due = ?, reason = ?, updated = ? "
+                    "WHERE target = ? AND state = 'pending'",
+                    (due, reason, now, target),
+                ).rowcount
+            )
+        )
 
     async def unpark(self, target_prefix: str) -> int:
         """Make parked items of matching targets due now (a token file changed, say)."""

@@ -185,6 +185,7 @@ upload:
   ignore_upstream: true
   stop_timeout: 5
   batch_window: 0.05
+  remember_pushed: 60
 nix:
   bin_dir: /opt/nix/bin
   timeout: 30
@@ -244,6 +245,7 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
         ignore_upstream=True,
         stop_timeout=5,
         batch_window=0.05,
+        remember_pushed=60,
     )
     assert c.nix == NixConfig(
         bin_dir=Path("/opt/nix/bin"), timeout=30, dump_timeout=600, gc_roots=False

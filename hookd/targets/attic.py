@@ -30,6 +30,7 @@ from hookd import __version__
 from hookd.config import ServerConfig, UploadConfig
 from hookd.errors import (
     AuthError,
+    CacheGoneError,
     CorruptUploadError,
     NixError,
     ParkedError,
@@ -534,7 +535,7 @@ class AtticTarget:
             self.tokens.invalidate(self.server.name)
             return AuthError(self._explain_403(op), status=403)
         if status == 404 and name == "NoSuchCache":
-            return ParkedError(
+            return CacheGoneError(
                 f"cache {self.cache} does not exist on {server}; create it with "
                 f"`attic cache create {self.server.name}:{self.cache}` (or run `hookd provision`)",
                 status=404,
