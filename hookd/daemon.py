@@ -201,7 +201,7 @@ class Daemon:
             if await _socket_alive(path):
                 raise ConfigError(f"{path}: another hookd daemon is already listening there")
             path.unlink()
-        # A deep backlog: a burst of hooks (max-jobs × builders) must not meet EAGAIN.
+        # A deep backlog: a burst of hooks (max-jobs times builders) must not meet EAGAIN.
         self._server = await asyncio.start_unix_server(
             self.handle, path=str(path), limit=proto.MAX_MESSAGE_BYTES + 2, backlog=1024
         )
