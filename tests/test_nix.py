@@ -617,9 +617,8 @@ def test_child_environment_disables_our_hook_and_drops_secrets(
 
 
 def test_derivation_outputs_read_from_the_drv_file_match_nix_store() -> None:
-    from tests.conftest import instantiate, nonce
-
     from hookd.nix import Nix, parse_drv_outputs
+    from tests.conftest import instantiate, nonce
 
     nix = Nix()
     n = nonce()
