@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,30 @@ def hookd(tmp_path: Path) -> Iterator[HookdProcess]:
     proc = HookdProcess(tmp_path)
     yield proc
     proc.stop(signal.SIGKILL)
+
+
+def write_token(path: Path, token: str, mode: int = 0o600) -> Path:
+    """Write a token file the way sops-nix/agenix/k8s do: its mode, then an atomic rename-over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(token + "\n")
+    tmp.chmod(mode)
+    tmp.replace(path)
+    return path
+
+
+def until(predicate: Callable[[], Any], hookd: HookdProcess, timeout: float = 60) -> Any:
+    """Poll a condition, waking on the daemon's progress notifications; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"condition not met in {timeout} s; daemon log:\n{hookd.log()[-4000:]}"
+            )
+        hookd.client.wait(timeout=0.5)
 
 
 class NixDaemon:

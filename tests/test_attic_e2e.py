@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from tests.conftest import (
     nonce,
     path_info,
     requisites,
+    until,
+    write_token,
 )
 
 pytestmark = [needs_nix, pytest.mark.nix]
@@ -31,28 +33,6 @@ UPLOAD = "/_api/v1/upload-path"
 
 def outs_of(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in proc.stdout.split() if line.startswith("/nix/store/")]
-
-
-def write_token(path: Path, token: str) -> Path:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(token + "\n")
-    tmp.chmod(0o600)
-    tmp.rename(path)  # atomic, as sops-nix/agenix do
-    return path
-
-
-def until(predicate: Callable[[], Any], hookd: HookdProcess, timeout: float = 60) -> Any:
-    """Poll a condition, waking on the daemon's progress notifications; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"condition not met in {timeout} s; daemon log:\n{hookd.log()[-4000:]}"
-            )
-        hookd.client.wait(timeout=0.5)
 
 
 def target_status(hookd: HookdProcess, target_id: str) -> dict[str, Any]:

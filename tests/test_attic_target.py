@@ -40,6 +40,7 @@ from hookd.targets.attic import (
 )
 from hookd.tokens import TokenStore
 from tests.attic_server import AtticTestServer
+from tests.conftest import write_token
 
 T = TypeVar("T")
 
@@ -115,15 +116,6 @@ def srv() -> Iterator[AtticTestServer]:
     with AtticTestServer(algorithm="HS256") as server:
         server.create_cache("team", public=False, upstream=["cache.nixos.org-1"])
         yield server
-
-
-def write_token(path: Path, token: str) -> Path:
-    """Mode 0600, atomic rename-over (as sops-nix/agenix do)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(token + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
 
 
 class Recorder(httpx.AsyncBaseTransport):

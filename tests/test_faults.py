@@ -36,7 +36,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ from tests.conftest import (
     nonce,
     path_info,
     requisites,
+    until,
+    write_token,
 )
 
 pytestmark = [needs_nix, pytest.mark.nix, pytest.mark.fault]
@@ -108,15 +110,6 @@ def hash_of(path: str) -> str:
     return Path(path).name.split("-", 1)[0]
 
 
-def write_token(path: Path, token: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(token + "\n")
-    tmp.chmod(0o600)
-    tmp.rename(path)  # atomic, as sops-nix/agenix do
-    return path
-
-
 def rw_token(srv: AtticTestServer, sub: str = "hookd") -> str:
     # valid for 90 days: `hookd status` reports a token that expires within 7 days
     return srv.make_token({CACHE: {"r": 1, "w": 1}}, sub=sub, validity=90 * 86400)
@@ -134,20 +127,6 @@ def attic_hookd(
     }
     settings.update(extra)
     return HookdProcess(tmp_path, settings)
-
-
-def until(predicate: Callable[[], Any], hookd: HookdProcess, timeout: float = 60) -> Any:
-    """Poll a condition, waking on the daemon's progress notifications; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"condition not met in {timeout} s; daemon log:\n{hookd.log()[-4000:]}"
-            )
-        hookd.client.wait(timeout=0.5)
 
 
 def target_status(hookd: HookdProcess) -> dict[str, Any]:

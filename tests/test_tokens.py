@@ -14,6 +14,7 @@ import structlog
 from hookd.config import ServerConfig
 from hookd.errors import AuthError
 from hookd.tokens import TokenFileError, TokenStore, cache_permission, decode_claims
+from tests.conftest import write_token
 
 
 def make_jwt(caches: dict[str, dict[str, int]] | None = None, *, exp: float | None = None) -> str:
@@ -23,15 +24,6 @@ def make_jwt(caches: dict[str, dict[str, int]] | None = None, *, exp: float | No
     if caches is not None:
         claims["https://jwt.attic.rs/v1"] = {"caches": caches}
     return jwt.encode(claims, b"some secret that is long enough!", algorithm="HS256")
-
-
-def write_token(path: Path, token: str, mode: int = 0o600) -> Path:
-    """Atomic rename-over, as sops-nix/agenix/k8s do."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(token + "\n")
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    return path
 
 
 def store_for(path: Path | None, token: str | None = None) -> TokenStore:
