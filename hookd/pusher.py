@@ -31,7 +31,8 @@ from hookd.targets.base import Target
 
 log = structlog.get_logger("hookd.pusher")
 
-PARK_RECHECK = 900.0  # a parked target is probed again after this long even if nothing changed
+PARK_RECHECK = 900.0
+BURST_QUIET = 0.05  # seconds without new work that end a burst  # a parked target is probed again after this long even if nothing changed
 
 
 @dataclass
@@ -140,9 +141,7 @@ class TargetWorker:
                 await self._sleep(wait, stopping)
                 continue
             if idle and self.batch_window > 0:
-                # Woken from idle by a fresh build: let the builds right behind it join the
-                # batch, so one closure query and one cache round-trip serve them all.
-                await self._sleep_unwoken(self.batch_window, stopping)
+                await self._gather_burst(stopping)
             items = await self.queue.claim(self.target.id, self.batch_size)
             if not items:
                 idle = True
@@ -167,9 +166,21 @@ class TargetWorker:
             for w in waiters:
                 w.cancel()
 
-    async def _sleep_unwoken(self, seconds: float, stopping: asyncio.Event) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), seconds)
+    async def _gather_burst(self, stopping: asyncio.Event) -> None:
+        """Woken from idle by fresh work: while more keeps arriving (builds finishing one after
+        another), wait for it, up to ``batch_window``, so one closure query and one cache
+        round-trip serve the whole burst; a lone push waits only one quiet period."""
+        deadline = time.monotonic() + self.batch_window
+        quiet = min(BURST_QUIET, self.batch_window)
+        while not stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), min(quiet, left))
+                continue  # more work arrived: keep gathering
+            return  # a quiet period passed
 
     async def push_batch(self, items: Sequence[Item]) -> None:
         tid = self.target.id
