@@ -494,6 +494,7 @@ def test_token_rotated_mid_run_push_continues_with_the_new_token(tmp_path: Path)
         n = nonce()
         outs = outs_of(nix_build(["many"], nonce_value=n, args={"count": "40"}))
         late = outs_of(nix_build(["many"], nonce_value=n + "-late", args={"count": "10"}))
+        mid = outs_of(nix_build(["many"], nonce_value=n + "-mid", args={"count": "10"}))
         # the first token expires a few seconds from now: rotation after that is overdue
         old = srv.make_token({CACHE: {"r": 1, "w": 1}}, sub="old", validity=4)
         old_exp = int(time.time()) + 4
@@ -510,7 +511,11 @@ def test_token_rotated_mid_run_push_continues_with_the_new_token(tmp_path: Path)
             tmp_path / "secrets" / "prod.token",
             rw_token(srv, "new"),
         )
+        # more work after the rotation, so later requests exist however fast the first 40 went
         until(lambda: target_status(hookd)["done"] == 40, hookd)
+        until(lambda: time.time() > rotated_at + 0.5, hookd, timeout=10)
+        enqueue(hookd, mid)
+        until(lambda: target_status(hookd)["done"] == 50, hookd)
         subs = {r.sub for r in srv.requests if r.time > rotated_at + 0.5}
         assert subs == {"new"}, subs
         assert problems_of(hookd) == []
@@ -532,12 +537,12 @@ def test_token_rotated_mid_run_push_continues_with_the_new_token(tmp_path: Path)
             tmp_path / "secrets" / "prod.token",
             rw_token(srv, "newer"),
         )
-        until(lambda: target_status(hookd)["done"] == 50, hookd, timeout=60)
+        until(lambda: target_status(hookd)["done"] == 60, hookd, timeout=60)
         drain = time.time() - rotated2
         parked_requests = server_request_times(srv, parked_at, rotated2)
-        lost = missing_on_server(srv, outs + late)
+        lost = missing_on_server(srv, outs + mid + late)
         row.update(
-            paths=50,
+            paths=60,
             faults="token file replaced mid-push; later the token expires, then is replaced",
             lost=len(lost),
             duplicate_uploads=duplicate_uploads(srv),

@@ -403,26 +403,28 @@ class AtticTarget:
                 )
             kind = await self._retrying(lambda: self._put(info))
         except PushError as e:
-            log.info(
-                "attic.upload",
-                path=info.path,
-                target=self.id,
-                bytes=info.nar_size,
-                ms=round((time.monotonic() - start) * 1000),
-                result="failed",
+            self._log_upload(
+                info,
+                start,
+                "failed",
                 error=self.tokens.redact(str(e)),
                 error_class=type(e).__name__,
             )
             raise
         report.uploaded.append(info.path)
         report.bytes_sent += info.nar_size
+        self._log_upload(info, start, kind)
+
+    def _log_upload(self, info: PathInfo, start: float, result: str, **extra: str) -> None:
+        """One line per upload outcome: path, target, bytes, milliseconds, result."""
         log.info(
             "attic.upload",
             path=info.path,
             target=self.id,
             bytes=info.nar_size,
             ms=round((time.monotonic() - start) * 1000),
-            result=kind,
+            result=result,
+            **extra,
         )
 
     async def _put(self, info: PathInfo) -> str:
