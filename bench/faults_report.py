@@ -473,28 +473,15 @@ def render(out: Path, dest: Path) -> str:
     w("## Observations")
     w("")
     w(
-        "- During an outage with more queued paths than `batch_size`, each retry cycle claims "
-        "paths that were never tried (their attempts are 0), so the per-path backoff stays at "
-        "`min_backoff` and only the per-server circuit breaker limits the rate. After each "
-        "cooldown the breaker needs `breaker_threshold` more failing cycles (of `retry_attempts` "
-        "requests each) before it opens again: with the defaults that is about 20 requests per "
-        "25 s + cooldown (30 s, then 60 s, …, up to `max_backoff`). Bounded, but a half-open "
-        "breaker (one failed probe re-opens it) would cut it to one request per cooldown."
-    )
-    w(
-        "- An auth failure (401/403, missing token file) or a missing cache parks the batch in "
-        "hand only; the target's other pending paths are then tried batch by batch, one failing "
-        "request each (queue length / `batch_size` requests, e.g. 3 for 10 paths in batches of 4 "
-        "in the token run) before everything is parked. Parking every pending item of the "
-        "server (or cache) at the first such answer would make it one request."
-    )
-    w(
-        "- The daemon listens with asyncio's default backlog of 100. After a burst of more than "
-        "100 connects a non-blocking `connect()` (which is what a socket with a timeout does, "
-        "the hook's included) can get EAGAIN for a few milliseconds until the daemon has "
-        "accepted them; the hook then spools instead of waiting (safe, just slower to land). The "
-        "fuzz run counts these; a larger `backlog=` and a retry of EAGAIN within the hook's 2 s "
-        "budget would avoid it."
+        "- Fixed after this suite's first run, and measured by the run above: the circuit "
+        "breaker is half-open after its cool-down (one failed probe re-opens it, for twice as "
+        "long), so an outage costs about one request per cool-down once the breaker has opened; "
+        "an auth failure (401/403, missing token file) or a missing cache parks every pending "
+        "path of that target at the first such answer, not batch by batch; the daemon listens "
+        "with a backlog of 1024 and the hook retries `connect()` on EAGAIN within its budget; "
+        "a deleted cache makes the daemon forget what that cache was known to hold (a recreated "
+        "cache gets whole closures again); spool files written while the daemon starts are "
+        "picked up by a rescan at most 5 s later; and `NaN`/`Infinity` in a request are refused."
     )
     w(
         "- Under random failures the worker pushes one batch at a time, so a path that is "
