@@ -51,16 +51,11 @@ UPLOAD = UploadConfig(
     concurrency=4, min_backoff=0.01, max_backoff=2.0, retry_attempts=4, request_timeout=30.0
 )
 
+MK_NIX = Path(__file__).resolve().parent / "data" / "mk.nix"
 GRAPH_NIX = r"""
 { nonce, nrefs ? 100, bigSize ? 65536 }:
 let
-  mk = name: extra: script: builtins.derivation ({
-    inherit name nonce;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    PATH = "/usr/bin:/bin";
-  } // extra);
+  mk = name: extra: script: import MK_NIX nonce name script extra;
   outs = builtins.genList (i: "o${toString i}") nrefs;
 in rec {
   b = mk "b" {} "echo b > $out";
@@ -91,7 +86,7 @@ class Graph:
 
     def __init__(self, workdir: Path) -> None:
         self.file = workdir / "graph.nix"
-        self.file.write_text(GRAPH_NIX)
+        self.file.write_text(GRAPH_NIX.replace("MK_NIX", str(MK_NIX)))
         self.nonce = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         self.nix = Nix()
 

@@ -26,16 +26,11 @@ needs_nix = pytest.mark.skipif(not HAVE_NIX, reason="needs a real Nix (scripts/s
 
 # A small graph without nixpkgs: top -> mid -> leaf, top refers to itself; a three-output
 # derivation; a >1 MiB path (several dump chunks); a fixed-output derivation; a slow builder.
+MK_NIX = Path(__file__).resolve().parent / "data" / "mk.nix"
 GRAPH = r"""
 { nonce }:
 let
-  mk = name: script: extra: builtins.derivation ({
-    inherit name nonce;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    PATH = "/usr/bin:/bin";
-  } // extra);
+  mk = import MK_NIX nonce;
   leaf = mk "leaf" "echo leaf > $out" { };
   mid = mk "mid" "mkdir -p $out/share; echo ${leaf} > $out/share/ref; ln -s ref $out/share/link; printf '#!/bin/sh\\n' > $out/run; chmod +x $out/run" { };
   top = mk "top" "mkdir $out; echo ${mid} > $out/mid; echo $out > $out/self" { };
@@ -80,7 +75,7 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Graph:
         pytest.skip("needs a real Nix")
     d = tmp_path_factory.mktemp("nixgraph")
     f = d / "graph.nix"
-    f.write_text(GRAPH)
+    f.write_text(GRAPH.replace("MK_NIX", str(MK_NIX)))
     nonce = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
     attrs = ["leaf", "mid", "top", "multi", "big", "fod"]
     argv = ["nix-instantiate", str(f), "--argstr", "nonce", nonce]

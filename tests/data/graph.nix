@@ -1,13 +1,7 @@
 # Test derivations without nixpkgs. `nonce` makes every test's paths fresh.
 { nonce ? "", bigMiB ? 0, count ? 0 }:
 let
-  mk = name: script: extra: builtins.derivation ({
-    inherit name nonce;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    PATH = "/usr/bin:/bin";
-  } // extra);
+  mk = import ./mk.nix nonce;
   b = mk "dep-b" "echo B > $out" { };
   c = mk "dep-c" "mkdir -p $out/share; echo C > $out/share/c.txt; ln -s c.txt $out/share/link; printf '#!/bin/sh\\n' > $out/run; chmod +x $out/run" { };
   a = mk "top-a" "mkdir -p $out; echo ${b} > $out/b; cat ${c}/share/c.txt > $out/c; echo ${c} >> $out/c; echo $out > $out/self" { };
