@@ -14,7 +14,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hookd.cli import Client as DaemonClient
+from hookd.errors import HookdError
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH = ROOT / "bench" / "graph.nix"
@@ -424,20 +426,7 @@ class Client:
         self.path = path
 
     def call(self, message: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(str(self.path))
-            s.sendall((json.dumps({"v": 1, **message}) + "\n").encode())
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        finally:
-            s.close()
-        return json.loads(buf) if buf else {}
+        return DaemonClient(self.path, timeout).call(message)
 
     def enqueue(self, out_paths: Sequence[str], drv_path: str | None = None) -> dict[str, Any]:
         msg: dict[str, Any] = {"op": "enqueue", "out_paths": list(out_paths), "source": "bench"}
@@ -500,7 +489,7 @@ class Daemon:
             try:
                 if self.client.call({"op": "ping"}, timeout=2).get("ok"):
                     return self
-            except (OSError, ValueError):
+            except (OSError, ValueError, HookdError):
                 pass
             time.sleep(0.02)  # readiness poll with a deadline
         raise BenchError(f"hookd daemon not ready after {timeout}s:\n{self.log()[-3000:]}")
