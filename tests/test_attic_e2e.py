@@ -147,15 +147,17 @@ def test_upstream_signed_paths_are_not_uploaded(srv: AtticTestServer, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("caches", "expect"),
+    ("caches", "public", "expect"),
     [
-        ({}, "401"),  # a valid token with no grant on this cache
-        ({"team": {"r": 1}}, "push"),  # pull-only: 403, names the push permission
+        ({}, False, "401"),  # a valid token with no grant on this cache: anonymous on a private one
+        ({}, True, "push"),  # the same on a public cache: pull is granted, push is 403
+        ({"team": {"r": 1}}, False, "push"),  # pull-only: 403, names the push permission
     ],
 )
 def test_auth_failures_park_with_a_message_and_token_rotation_resumes(
-    srv: AtticTestServer, tmp_path: Path, caches: dict[str, Any], expect: str
+    srv: AtticTestServer, tmp_path: Path, caches: dict[str, Any], public: bool, expect: str
 ) -> None:
+    srv.cache("team").is_public = public
     bad = srv.make_token(caches or {"other": {"r": 1, "w": 1}}, sub="bad")
     hookd = attic_daemon(tmp_path, {"prod": (srv, bad)})
     hookd.start()
