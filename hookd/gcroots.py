@@ -70,8 +70,3 @@ class GcRoots:
             return sum(1 for _ in os.scandir(self.directory))
         except OSError:
             return 0
-
-    def pinned(self) -> set[str]:
-        if not self.enabled or not self.directory.exists():
-            return set()
-        return {os.readlink(e.path) for e in os.scandir(self.directory) if e.is_symlink()}

@@ -95,17 +95,6 @@ class PathInfo:
         return frozenset(s.split(":", 1)[0] for s in self.signatures)
 
 
-@dataclass(frozen=True)
-class Derivation:
-    """The parts of a .drv that filtering and resolution need."""
-
-    path: str
-    outputs: dict[str, str]  # output name -> store path
-    name: str
-    fixed_output: bool = False
-    env_name: str = ""
-
-
 @dataclass
 class PushReport:
     """What one target did with a batch of paths."""

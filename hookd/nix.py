@@ -18,7 +18,7 @@ import structlog
 
 from hookd import nar
 from hookd.errors import NixError
-from hookd.models import Derivation, PathInfo, sha256_digest
+from hookd.models import PathInfo, sha256_digest
 
 log = structlog.get_logger("hookd.nix")
 
@@ -138,13 +138,6 @@ class Nix:
         if outputs and all(path for _, path, _ in outputs):
             return [path for _, path, _ in outputs], any(algo for _, _, algo in outputs)
         return self.query_outputs(drv_path), False
-
-    def show_derivation(self, drv_path: str) -> Derivation:
-        out = self.run(["nix", "show-derivation", drv_path])
-        return parse_show_derivation(out, drv_path)
-
-    def valid_paths(self, paths: Iterable[str]) -> set[str]:
-        return {info.path for info in self.path_info(paths)}
 
     def store_dir(self) -> str:
         return os.environ.get("NIX_STORE_DIR", "/nix/store")
@@ -394,20 +387,3 @@ def _parse_drv_outputs(text: str) -> list[tuple[str, str, str]]:
     if text[i] != "]":
         raise ValueError(f"expected ']' at offset {i}")
     return outputs
-
-
-def parse_show_derivation(text: str, drv_path: str) -> Derivation:
-    data = json.loads(text)
-    drv = data.get(drv_path) or next(iter(data.values()))
-    outputs = {name: o.get("path", "") for name, o in drv.get("outputs", {}).items()}
-    fixed = any("hash" in o for o in drv.get("outputs", {}).values())
-    env = drv.get("env", {})
-    base = os.path.basename(drv_path)
-    name = base.split("-", 1)[1].removesuffix(".drv") if "-" in base else base
-    return Derivation(
-        path=drv_path,
-        outputs=outputs,
-        name=name,
-        fixed_output=fixed,
-        env_name=env.get("name", name),
-    )

@@ -353,18 +353,6 @@ class Queue:
 
         await self._call(op)
 
-    async def attempts(self, target: str, paths: Sequence[str]) -> dict[str, int]:
-        def op(c: sqlite3.Connection) -> dict[str, int]:
-            out: dict[str, int] = {}
-            for p in paths:
-                row = c.execute(
-                    "SELECT attempts FROM items WHERE path = ? AND target = ?", (p, target)
-                ).fetchone()
-                out[p] = row[0] if row else 0
-            return out
-
-        return await self._call(op)
-
     async def known_pushed(
         self, target: str, paths: Iterable[str], *, since: float = 0.0
     ) -> set[str]:

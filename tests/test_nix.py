@@ -19,7 +19,7 @@ import pytest
 
 from hookd.errors import NixError
 from hookd.models import NIX32_ALPHABET, PathInfo, nix32_decode, nix32_encode, sha256_digest
-from hookd.nix import Nix, parse_path_info, parse_show_derivation
+from hookd.nix import Nix, parse_path_info
 
 HAVE_NIX = shutil.which("nix-build") is not None
 needs_nix = pytest.mark.skipif(not HAVE_NIX, reason="needs a real Nix (scripts/setup.sh)")
@@ -272,7 +272,7 @@ def test_invalid_paths_are_skipped(graph: Graph) -> None:
         graph.out("leaf")
     ]
     assert Nix().path_info([missing]) == []
-    assert Nix().valid_paths([missing, graph.out("mid")]) == {graph.out("mid")}
+    assert [i.path for i in Nix().path_info([missing, graph.out("mid")])] == [graph.out("mid")]
 
 
 @needs_nix
@@ -298,8 +298,8 @@ def test_signatures_fixed_output_ca_and_drv_files(graph: Graph, tmp_path: Path) 
     text, raw = raw_path_info(graph.out("fod"))
     (fod,) = parse_path_info(text)
     assert fod.ca == raw[0]["ca"] and fod.ca is not None and fod.ca.startswith("fixed:sha256:")
-    assert nix.show_derivation(graph.drvs["fod"]).fixed_output is True
-    assert nix.show_derivation(graph.drvs["top"]).fixed_output is False
+    assert nix.derivation_outputs(graph.drvs["fod"])[1] is True
+    assert nix.derivation_outputs(graph.drvs["top"])[1] is False
 
     text, raw = raw_path_info("--derivation", graph.drvs["top"])
     (drv,) = parse_path_info(text)
@@ -439,27 +439,6 @@ def test_structured_ca_is_dropped_not_misread() -> None:
     assert info.ca is None
 
 
-def test_parse_show_derivation_outputs_and_fixed_output() -> None:
-    drv = "/nix/store/" + "a" * 32 + "-multi-1.0.drv"
-    text = json.dumps(
-        {
-            drv: {
-                "outputs": {
-                    "out": {"path": "/nix/store/" + "b" * 32 + "-multi-1.0"},
-                    "dev": {"path": "/nix/store/" + "c" * 32 + "-multi-1.0-dev"},
-                },
-                "env": {"name": "multi-1.0"},
-            }
-        }
-    )
-    d = parse_show_derivation(text, drv)
-    assert d.outputs == {
-        "out": "/nix/store/" + "b" * 32 + "-multi-1.0",
-        "dev": "/nix/store/" + "c" * 32 + "-multi-1.0-dev",
-    }
-    assert (d.name, d.env_name, d.fixed_output) == ("multi-1.0", "multi-1.0", False)
-
-
 # -- the Nix wrapper --------------------------------------------------------------------------
 
 
@@ -471,10 +450,8 @@ def test_query_outputs_returns_every_output(graph: Graph) -> None:
     assert sorted(outs) == sorted(graph.outs["multi"])
     names = sorted(os.path.basename(o).split("-", 1)[1] for o in outs)
     assert names == ["multi", "multi-dev", "multi-lib"]
-    shown = Nix().show_derivation(graph.drvs["multi"])
-    assert sorted(shown.outputs) == ["dev", "lib", "out"]
-    assert sorted(shown.outputs.values()) == sorted(outs)
-    assert shown.name == "multi"
+    from_drv, fixed = Nix().derivation_outputs(graph.drvs["multi"])
+    assert sorted(from_drv) == sorted(outs) and fixed is False
 
 
 @needs_nix
@@ -492,7 +469,7 @@ def test_query_outputs_of_an_unbuilt_drv(graph: Graph) -> None:
     ).strip()
     outs = Nix().query_outputs(drv)
     assert len(outs) == 3
-    assert Nix().valid_paths(outs) == set()
+    assert Nix().path_info(outs) == []
 
 
 def dump_all(nix: Nix, path: str) -> tuple[bytes, int]:
