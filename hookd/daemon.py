@@ -478,11 +478,8 @@ class Daemon:
                 "public_key": self.config.default_public_key_file.read_text().strip(),
             }
         if self.tokens is not None:
-            result["token_problems"] = {
-                name: self.tokens.check(name)
-                for name in self.config.servers
-                if self.tokens.check(name)
-            }
+            checks = {name: self.tokens.check(name) for name in self.config.servers}
+            result["token_problems"] = {name: issues for name, issues in checks.items() if issues}
         return result
 
     # -- resolver ----------------------------------------------------------------------
