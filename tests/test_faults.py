@@ -182,6 +182,31 @@ def server_request_times(srv: AtticTestServer, start: float, end: float) -> list
     return [r.time for r in list(srv.requests) if start <= r.time <= end]
 
 
+def parked_row(
+    row: dict[str, Any],
+    srv: AtticTestServer,
+    *,
+    paths: int,
+    faults: str,
+    lost: list[str],
+    failing: tuple[float, float],
+    drained: float,
+    seen: str,
+) -> None:
+    """The report row of a scenario whose failing window ends when the user fixes things."""
+    start, end = failing
+    row.update(
+        paths=paths,
+        faults=faults,
+        lost=len(lost),
+        duplicate_uploads=duplicate_uploads(srv),
+        max_requests_per_min_failing=max_per_minute(server_request_times(srv, start, end)),
+        failing_window_s=round(end - start, 1),
+        time_to_drain_s=round(drained - end, 1),
+        message=message_lines(seen),
+    )
+
+
 def attempt_times(hookd: HookdProcess, start: float, end: float) -> list[float]:
     """Request attempts that failed, from the daemon's debug log (server down: nothing to count
     on the server side). The target logs ``attic.retry`` once per failed attempt, the last of
@@ -538,18 +563,17 @@ def test_token_rotated_mid_run_push_continues_with_the_new_token(tmp_path: Path)
             rw_token(srv, "newer"),
         )
         until(lambda: target_status(hookd)["done"] == 60, hookd, timeout=60)
-        drain = time.time() - rotated2
         parked_requests = server_request_times(srv, parked_at, rotated2)
         lost = missing_on_server(srv, outs + mid + late)
-        row.update(
+        parked_row(
+            row,
+            srv,
             paths=60,
             faults="token file replaced mid-push; later the token expires, then is replaced",
-            lost=len(lost),
-            duplicate_uploads=duplicate_uploads(srv),
-            max_requests_per_min_failing=max_per_minute(parked_requests),
-            failing_window_s=round(rotated2 - parked_at, 1),
-            time_to_drain_s=round(drain, 1),
-            message=message_lines(seen),
+            lost=lost,
+            failing=(parked_at, rotated2),
+            drained=time.time(),
+            seen=seen,
         )
         assert lost == []
         # one 401 per batch (batch_size 4) parks it; then nothing until the token changes
@@ -602,17 +626,16 @@ def test_token_file_removed_parks_with_its_name_and_restoring_it_resumes(tmp_pat
         parked_requests = server_request_times(srv, removed_at, restored_at)
         write_token(token_file, token)  # restored: resumes without a restart
         until(lambda: target_status(hookd)["done"] == 16, hookd)
-        drain = time.time() - restored_at
         lost = missing_on_server(srv, first + second + third)
-        row.update(
+        parked_row(
+            row,
+            srv,
             paths=16,
             faults="token file deleted mid-run (daemon restarted meanwhile), then restored",
-            lost=len(lost),
-            duplicate_uploads=duplicate_uploads(srv),
-            max_requests_per_min_failing=max_per_minute(parked_requests),
-            failing_window_s=round(restored_at - removed_at, 1),
-            time_to_drain_s=round(drain, 1),
-            message=message_lines(seen),
+            lost=lost,
+            failing=(removed_at, restored_at),
+            drained=time.time(),
+            seen=seen,
         )
         assert lost == []
         assert parked_requests == [], parked_requests  # no request without a token
@@ -648,17 +671,16 @@ def test_cache_deleted_on_the_server_parks_then_recreate_and_retry_pushes(tmp_pa
         srv.create_cache(CACHE)
         assert "retrying 1" in cli(hookd, "retry", "--all")
         until(lambda: target_status(hookd)["done"] == 11, hookd)
-        drain = time.time() - fixed_at
         lost = missing_on_server(srv, [a])
-        row.update(
+        parked_row(
+            row,
+            srv,
             paths=11,
             faults="cache deleted after 10 pushes; recreated; `hookd retry --all`",
-            lost=len(lost),
-            duplicate_uploads=duplicate_uploads(srv),
-            max_requests_per_min_failing=max_per_minute(parked_requests),
-            failing_window_s=round(fixed_at - deleted_at, 1),
-            time_to_drain_s=round(drain, 1),
-            message=message_lines(seen),
+            lost=lost,
+            failing=(deleted_at + 0.5, fixed_at),
+            drained=time.time(),
+            seen=seen,
         )
         assert lost == [], lost
         assert len(parked_requests) <= 3, parked_requests
