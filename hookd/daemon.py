@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import grp
-import json
 import os
 import pwd
 import signal
@@ -651,7 +650,3 @@ def run_daemon(config: Config) -> int:
         log.error("daemon.failed", error=str(e))
         return 1
     return 0
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True)

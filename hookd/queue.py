@@ -198,11 +198,6 @@ class Queue:
         self._ops.put((fn, fut))
         return await asyncio.wrap_future(fut)
 
-    def call_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        fut: Future[T] = Future()
-        self._ops.put((fn, fut))
-        return fut.result()
-
     # -- requests ----------------------------------------------------------------------
 
     async def add_request(
