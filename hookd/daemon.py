@@ -20,13 +20,14 @@ import structlog
 
 from hookd import __version__
 from hookd import protocol as proto
+from hookd.backoff import Backoff
 from hookd.config import AtticTargetConfig, Config, StoreTargetConfig
 from hookd.errors import ConfigError, NixError
 from hookd.filters import Filter
 from hookd.gcroots import GcRoots
 from hookd.logs import setup_logging
 from hookd.nix import Nix
-from hookd.pusher import Backoff, Breaker, TargetWorker
+from hookd.pusher import Breaker, TargetWorker
 from hookd.queue import Queue, Request
 from hookd.targets.base import Target
 from hookd.targets.store import StoreTarget
@@ -81,6 +82,7 @@ class Daemon:
         self.nix = Nix(config.nix.bin_dir, config.nix.timeout, config.nix.dump_timeout)
         self.filter = Filter(config.filter)
         self.queue = Queue(config.db_path)
+        self.resolve_backoff = Backoff(1.0, float(config.upload.max_backoff))
         self.gcroots = GcRoots(config.gc_roots_dir, enabled=config.nix.gc_roots)
         self.tokens: Any = None
         self.targets: list[Target] = []
@@ -514,7 +516,7 @@ class Daemon:
                 )
                 await self.queue.drop_request(request.id)
                 return
-            delay = min(self.config.upload.max_backoff, 2.0 ** min(request.attempts, 10))
+            delay = self.resolve_backoff.delay(request.attempts)
             log.warning("resolve.retry", drv=request.drv_path, seconds=delay, error=str(e))
             await self.queue.defer_request(request.id, time.time() + delay)
             return

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
+from hookd.backoff import Backoff
 from hookd.errors import (
     AuthError,
     CacheGoneError,
@@ -69,18 +69,6 @@ class Breaker:
     @property
     def state(self) -> str:
         return "open" if self.allow() > 0 else "closed"
-
-
-@dataclass
-class Backoff:
-    minimum: float
-    maximum: float
-    rng: random.Random = field(default_factory=random.Random)
-
-    def delay(self, attempts: int, retry_after: float | None = None) -> float:
-        base = min(self.maximum, self.minimum * 2.0 ** min(attempts, 30))
-        jittered = base * self.rng.uniform(0.5, 1.0)
-        return min(self.maximum, max(jittered, retry_after or 0.0))
 
 
 def closure_of(root: str, graph: dict[str, PathInfo]) -> set[str]:

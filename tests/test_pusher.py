@@ -6,8 +6,9 @@ import asyncio
 import time
 from pathlib import Path
 
+from hookd.backoff import Backoff
 from hookd.models import PathInfo
-from hookd.pusher import Backoff, Breaker, closure_of
+from hookd.pusher import Breaker, closure_of
 from hookd.queue import Queue
 
 

@@ -16,7 +16,6 @@ import email.utils
 import hashlib
 import json
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -27,6 +26,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState
 
 from hookd import __version__
+from hookd.backoff import Backoff
 from hookd.config import ServerConfig, UploadConfig
 from hookd.errors import (
     AuthError,
@@ -636,6 +636,7 @@ class AtticTarget:
 
     async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
         upload = self.upload
+        backoff = Backoff(float(upload.min_backoff), float(upload.max_backoff))
         corrupt_seen = 0
 
         def should_retry(state: RetryCallState) -> bool:
@@ -658,15 +659,9 @@ class AtticTarget:
             return ra is not None and ra > upload.max_backoff
 
         def wait(state: RetryCallState) -> float:
-            ceiling = min(
-                float(upload.max_backoff),
-                float(upload.min_backoff) * 2.0 ** (state.attempt_number - 1),
-            )
-            delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)
             e = state.outcome.exception() if state.outcome is not None else None
             ra = e.retry_after if isinstance(e, TransientError) else None
-            if ra is not None:
-                delay = max(delay, ra)
+            delay = backoff.delay(state.attempt_number - 1, ra)
             log.debug(
                 "attic.retry",
                 target=self.id,
