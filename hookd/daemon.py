@@ -10,7 +10,6 @@ import os
 import pwd
 import signal
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from hookd.filters import Filter
 from hookd.gcroots import GcRoots
 from hookd.logs import setup_logging
 from hookd.nix import Nix
+from hookd.peercred import peer_credentials
 from hookd.pusher import Breaker, TargetWorker
 from hookd.queue import Queue, Request
 from hookd.targets.base import Target
@@ -68,12 +68,6 @@ def build_targets(config: Config, nix: Nix, tokens: Any) -> list[Target]:
     if not targets:
         targets.append(default_target(config, nix))
     return targets
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", data)
-    return pid, uid, gid
 
 
 class Daemon:
