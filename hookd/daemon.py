@@ -21,7 +21,7 @@ from hookd import __version__
 from hookd import protocol as proto
 from hookd.backoff import Backoff
 from hookd.config import AtticTargetConfig, Config, StoreTargetConfig
-from hookd.errors import ConfigError, NixError
+from hookd.errors import ConfigError, NixError, QueueError
 from hookd.filters import Filter
 from hookd.gcroots import GcRoots
 from hookd.logs import setup_logging
@@ -330,6 +330,9 @@ class Daemon:
         except proto.ProtocolError as e:
             log.warning("socket.bad_request", peer_uid=uid, op=op, error=e.code, message=e.message)
             return proto.error_reply(e.code, e.message)
+        except QueueError as e:  # the queue heals itself; the hook spools this request meanwhile
+            log.error("socket.queue_unavailable", op=op, error=str(e))
+            return proto.error_reply("queue-unavailable", str(e))
         except Exception as e:
             log.exception("socket.op_failed", op=op)
             return proto.error_reply("internal", f"{type(e).__name__}: {e}")

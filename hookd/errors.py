@@ -14,6 +14,12 @@ class ConfigError(HookdError):
     """The configuration (file, key or value) is wrong; the message says which and what is expected."""
 
 
+class QueueError(HookdError):
+    """A queue transaction failed as a whole (disk full, database locked past the busy timeout,
+    I/O error): nothing of it was stored. The writer keeps running; the caller reports the error
+    (the hook then spools) and the next transaction tries again."""
+
+
 class NixError(HookdError):
     """A nix CLI call failed or timed out."""
 

@@ -25,9 +25,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, Literal, TypeVar
+
+import structlog
+
+from hookd.errors import QueueError
 
 T = TypeVar("T")
+log = structlog.get_logger("hookd.queue")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -65,8 +70,18 @@ CREATE TABLE IF NOT EXISTS skipped (
 ) WITHOUT ROWID;
 """
 
-PENDING, DONE, FAILED, PARKED = "pending", "done", "failed", "parked"
+# An item's state, stored as these exact strings (the table's CHECK constraint names them too).
+ItemState = Literal["pending", "done", "failed", "parked"]
+PENDING: Final = "pending"
+DONE: Final = "done"
+FAILED: Final = "failed"
+PARKED: Final = "parked"
+ITEM_STATES: Final[tuple[ItemState, ...]] = (PENDING, DONE, FAILED, PARKED)
 MAX_GROUP = 512
+BUSY_TIMEOUT = 10.0  # seconds SQLite waits for another connection's write lock
+STUCK_AFTER = 60.0  # a writer inside one transaction this long is not making progress
+
+Op = tuple[Callable[[sqlite3.Connection], Any], Future[Any]]
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,7 @@ class Request:
 class Item:
     path: str
     target: str
-    state: str
+    state: ItemState
     attempts: int
     due: float
     reason: str | None
@@ -101,13 +116,15 @@ class TargetCounts:
 class Queue:
     """The queue. ``open()`` starts the writer thread; every public method is a coroutine."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
-        self._ops: stdqueue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None
-        ] = stdqueue.SimpleQueue()
+        self.busy_timeout = busy_timeout
+        self._ops: stdqueue.SimpleQueue[Op | None] = stdqueue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._busy_since: float | None = None  # monotonic start of the running group, if any
         self.commits = 0  # number of transactions committed (for tests and status)
+        self.failed_groups = 0  # transactions that failed as a whole (disk full, lock held...)
+        self.last_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -127,12 +144,22 @@ class Queue:
             self._thread.join()
             self._thread = None
 
+    def writer_alive(self, stuck_after: float = STUCK_AFTER) -> bool:
+        """Cheap liveness check for the daemon's watchdog: the writer thread runs and is not
+        stuck inside one transaction (a group normally takes milliseconds; waiting for a lock
+        is bounded by ``busy_timeout``, so ``stuck_after`` must be well above it)."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return False
+        since = self._busy_since
+        return since is None or time.monotonic() - since < stuck_after
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: an acknowledged enqueue must survive power loss, not only a crash of the process.
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         conn.executescript(SCHEMA)
         return conn
 
@@ -158,40 +185,82 @@ class Queue:
                     stop = True
                     break
                 group.append(nxt)
-            self._run_group(conn, group)
+            # A caller that gave up (its task was cancelled) is dropped here; once running, a
+            # future can no longer be cancelled, so setting its result below cannot fail.
+            group = [op for op in group if op[1].set_running_or_notify_cancel()]
+            if group:
+                self._busy_since = time.monotonic()
+                try:
+                    self._run_group(conn, group)
+                except BaseException as e:  # never leave a caller waiting on a dead thread
+                    self._fail_group(group, e)
+                    if not isinstance(e, Exception):
+                        raise
+                finally:
+                    self._busy_since = None
             if stop:
                 break
         conn.close()
 
-    def _run_group(
-        self,
-        conn: sqlite3.Connection,
-        group: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
-    ) -> None:
+    def _run_group(self, conn: sqlite3.Connection, group: list[Op]) -> None:
+        """One transaction for the whole group. A failing operation is rolled back to its
+        savepoint and fails alone; a failing transaction (BEGIN meets a lock held past
+        ``busy_timeout``, the disk is full, an I/O error) fails every caller of the group with
+        a QueueError and leaves the connection usable, so the next group tries afresh."""
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
-        conn.execute("BEGIN IMMEDIATE")
-        for fn, fut in group:
-            conn.execute("SAVEPOINT op")
-            try:
-                results.append((fut, fn(conn), None))
-                conn.execute("RELEASE op")
-            except Exception as e:  # one bad operation must not sink the others in its group
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                results.append((fut, None, e))
         try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, fut in group:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = fn(conn)
+                except Exception as e:
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back itself (SQLITE_FULL,
+                        # SQLITE_IOERR...): the group's earlier operations are gone too.
+                        raise
+                    conn.execute("ROLLBACK TO op")  # one bad operation must not sink the others
+                    conn.execute("RELEASE op")
+                    results.append((fut, None, e))
+                    continue
+                conn.execute("RELEASE op")
+                results.append((fut, value, None))
             conn.execute("COMMIT")
-            self.commits += 1
-        except sqlite3.Error as e:
-            conn.execute("ROLLBACK")
-            for fut, _, _ in results:
-                fut.set_exception(e)
+        except Exception as e:
+            self._abort(conn)
+            self._fail_group(group, e)
             return
+        self.commits += 1
         for fut, value, err in results:
             if err is not None:
                 fut.set_exception(err)
             else:
                 fut.set_result(value)
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        """Roll back what is left of a failed transaction. After a failed COMMIT (disk full)
+        SQLite has usually rolled back already, and ROLLBACK would raise "no transaction is
+        active": only roll back an open transaction, and never let this raise."""
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                log.error("queue.rollback_failed", db=str(self.path), error=str(e))
+
+    def _fail_group(self, group: list[Op], cause: BaseException) -> None:
+        self.failed_groups += 1
+        self.last_error = f"{type(cause).__name__}: {cause}"
+        log.error(
+            "queue.transaction_failed", db=str(self.path), operations=len(group), error=str(cause)
+        )
+        err = QueueError(
+            f"the queue database {self.path} could not commit ({cause}); nothing of this request "
+            "was stored. Free disk space or stop whatever holds a lock on it; hookd retries by "
+            "itself"
+        )
+        for _, fut in group:
+            if not fut.done():
+                fut.set_exception(err)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         fut: Future[T] = Future()
@@ -331,7 +400,7 @@ class Queue:
         target: str,
         paths: Sequence[str],
         *,
-        state: str,
+        state: ItemState,
         due: float,
         reason: str,
         count_attempt: bool = True,

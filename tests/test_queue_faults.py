@@ -1,0 +1,165 @@
+"""The queue heals itself: a failed transaction fails its callers, never the writer thread.
+
+Real SQLite, a real second connection holding the write lock, and a real (small) tmpfs that
+fills up. Each case waits on the queue with a deadline: before the fix, the writer thread died
+and these calls hung for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import pytest
+
+from hookd.errors import QueueError
+from hookd.queue import Queue
+
+P = ParamSpec("P")
+R = TypeVar("R")
+DEADLINE = 30.0  # generous: only a hung writer exceeds it
+
+
+def aio(fn: Callable[P, Awaitable[R]]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
+
+    return wrapper
+
+
+def path(i: int, pad: int = 0) -> str:
+    return f"/nix/store/{i:032d}-p{'x' * pad}"
+
+
+async def enqueue(q: Queue, i: int, pad: int = 0) -> bool:
+    return await asyncio.wait_for(q.add_request(None, [path(i, pad)], "hook"), DEADLINE)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@aio
+async def test_lock_held_past_busy_timeout_fails_the_group_and_the_writer_recovers(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "queue.sqlite"
+    q = Queue(db, busy_timeout=0.2).open()
+    try:
+        assert await enqueue(q, 1)
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # e.g. an operator's sqlite3 shell, or a backup
+        try:
+            with pytest.raises(QueueError, match=r"could not commit.*locked"):
+                await enqueue(q, 2)
+            assert q.writer_alive()
+            with pytest.raises(QueueError):  # still locked: fails again, still no hang
+                await enqueue(q, 3)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await enqueue(q, 4)  # the lock is gone: the very next transaction commits
+        assert await asyncio.wait_for(q.pending_requests(), DEADLINE) == 2
+        assert q.writer_alive() and q.failed_groups == 2
+    finally:
+        q.close()
+    assert not q.writer_alive()
+
+
+@aio
+async def test_a_caller_that_gives_up_does_not_kill_the_writer(tmp_path: Path) -> None:
+    db = tmp_path / "queue.sqlite"
+    q = Queue(db, busy_timeout=DEADLINE).open()
+    try:
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        task = asyncio.ensure_future(q.add_request(None, [path(1)], "hook"))
+        await wait_until(lambda: q._busy_since is not None)  # the writer waits for the lock
+        task.cancel()  # e.g. the socket handler's client went away
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        other.execute("ROLLBACK")
+        other.close()
+        assert await enqueue(q, 2)
+        assert q.writer_alive()
+    finally:
+        q.close()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a 2 MiB tmpfs (run the suite as root)")
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); needs CAP_SYS_ADMIN")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(fs: Path) -> Path:
+    """Write a file until the file system is full; return it (delete it to free the space)."""
+    filler = fs / "filler"
+    with filler.open("wb", buffering=0) as f:
+        for chunk in (65536, 4096, 512, 1):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    f.write(block)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    break
+    return filler
+
+
+@aio
+async def test_disk_full_fails_the_group_and_the_writer_recovers_when_space_returns(
+    tiny_tmpfs: Path,
+) -> None:
+    q = Queue(tiny_tmpfs / "queue.sqlite").open()
+    try:
+        acknowledged = 0
+        for i in range(5):
+            acknowledged += await enqueue(q, i)
+        filler = fill(tiny_tmpfs)
+        failure: QueueError | None = None
+        for i in range(100, 400):  # big rows: the WAL must grow, which a full disk refuses
+            try:
+                acknowledged += await enqueue(q, i, pad=4000)
+            except QueueError as e:
+                failure = e
+                break
+        assert failure is not None, "the disk never filled up"
+        assert "full" in str(failure)
+        assert q.writer_alive()
+        filler.unlink()
+        assert await enqueue(q, 1000, pad=4000)  # space is back: the next transaction commits
+        acknowledged += 1
+        # Every acknowledged request is there; the failed one left nothing half-written.
+        assert await asyncio.wait_for(q.pending_requests(), DEADLINE) == acknowledged
+        assert q.writer_alive()
+    finally:
+        q.close()
