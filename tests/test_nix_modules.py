@@ -17,6 +17,7 @@ from __future__ import annotations
 import grp
 import hashlib
 import json
+import math
 import os
 import plistlib
 import re
@@ -450,6 +451,33 @@ class TestNixOS:
         assert plain["tmpfiles"] == [] and plain["serviceConfig"]["ReadWritePaths"] == []
         assert load_yaml(plain["yaml"])["nix"] == {"gc_roots": False}
 
+    def test_every_key_hookd_accepts_is_accepted(
+        self, nixos: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # settings.nice once failed the module's own assertion: its key list was kept by hand.
+        tuned = nixos["tuned"]
+        assert tuned["failed"] == []
+        assert load_yaml(tuned["yaml"])["nice"] == 5
+        cfg = hookd_parses(tuned["yaml"], monkeypatch)
+        assert (cfg.nice, cfg.upload.concurrency, cfg.log_level, cfg.nix.timeout) == (
+            5,
+            8,
+            "debug",
+            60,
+        )
+
+    def test_the_module_reads_hookds_schema(self, nixos: Any) -> None:
+        schema = hookd_config.schema()
+        keys = schema["keys"]
+        defaults = schema["defaults"]
+        assert isinstance(keys, dict) and isinstance(defaults, dict)
+        got = nixos["schema"]
+        assert got["topKeys"] == sorted(hookd_config.TOP_KEYS) == keys["top"]
+        assert got["nameRegex"] == hookd_config.CACHE_NAME_RE.pattern
+        assert got["rootStateDir"] == str(hookd_config.ROOT_STATE_DIR)
+        assert got["stopTimeoutDefault"] == math.ceil(hookd_config.UploadConfig.stop_timeout + 10)
+        assert got["gcRootsDefault"] is hookd_config.NixConfig.gc_roots
+
     def test_yaml_is_what_hookd_reads(self, nixos: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         text = nixos["default"]["yaml"]
         assert load_yaml(text) == {
@@ -710,7 +738,7 @@ class TestNixOS:
                 "storeToken",
                 [
                     "points into the Nix store (/nix/store/",
-                    "does not know the key(s) colour",
+                    "does not know the key(s) colour, upload.concurency",
                     "server name(s) bad name are not valid",
                     'endpoint must be an http:// or https:// URL; got\nbad name = "cache.example.com"',
                     "adminGroup needs the socket below /run",

@@ -13,24 +13,15 @@ let
     literalExpression
     ;
 
-  # hookd/config.py: TOP_KEYS, SERVER_KEYS and CACHE_NAME_RE. hookd refuses unknown keys, so the
-  # modules check them at evaluation time instead of leaving a daemon that will not start.
-  topKeys = [
-    "socket"
-    "socket_group"
-    "state_dir"
-    "spool_dir"
-    "allowed_users"
-    "allowed_groups"
-    "servers"
-    "attic_config"
-    "targets"
-    "filter"
-    "upload"
-    "nix"
-    "log"
-  ];
-  nameRegex = "[A-Za-z0-9][A-Za-z0-9_+-]{0,49}";
+  # The keys hookd accepts, its defaults and name pattern, generated from hookd/config.py
+  # (`python -m hookd.config --schema`; a test fails when the file is stale). hookd refuses
+  # unknown keys, so the modules check them at evaluation time instead of leaving a daemon that
+  # will not start.
+  schema = lib.importJSON ../config-schema.json;
+  topKeys = schema.keys.top;
+  # The settings sections whose keys are checked too (servers come from the `servers` option).
+  sectionKeys = lib.getAttrs [ "filter" "upload" "nix" "log" ] schema.keys;
+  inherit (schema) nameRegex;
 
   settingsFormat = pkgs.formats.yaml { };
 
@@ -68,6 +59,7 @@ let
 in
 rec {
   inherit
+    schema
     topKeys
     nameRegex
     settingsFormat
@@ -83,19 +75,27 @@ rec {
     {
       enable = lib.mkEnableOption "hookd, which pushes every Nix build result to binary caches (Attic first)";
 
-      package = mkOption {
-        type = types.package;
-        default =
-          pkgs.hookd or (throw ''
-            ${optionName [ "package" ]}: pkgs.hookd does not exist. Use the module from the hookd
-            flake (`nixosModules.default`, `darwinModules.default` or `homeManagerModules.default`
-            set it), add the flake's `overlays.default`, or set this option.'');
-        defaultText = lib.literalMD "the hookd flake's package when the module comes from the flake, else `pkgs.hookd`";
-        description = ''
-          The hookd package. It provides `hookd`, and `libexec/hookd/hookd-hook`, which the
-          post-build hook runs (`bin/hookd-hook` is the same, slower to start).
-        '';
-      };
+      # mkPackageOption gives the conventional type, description and `pkgs.hookd` default text.
+      # hookd is not in nixpkgs: the flake's modules (nix/modules/default.nix) set the default
+      # to the flake's package, and the tests evaluate with a fake pkgs (tests/nix/fake-pkgs.nix)
+      # that has every name. Only the plain module file without an overlay lacks pkgs.hookd, so
+      # the default is replaced by one that says how to fix that rather than mkPackageOption's
+      # "hookd cannot be found in pkgs".
+      package =
+        lib.mkPackageOption pkgs "hookd" {
+          extraDescription = ''
+            It provides `hookd`, and `libexec/hookd/hookd-hook`, which the post-build hook runs
+            (`bin/hookd-hook` is the same, slower to start). The modules of the hookd flake
+            default to the flake's package.
+          '';
+        }
+        // {
+          default =
+            pkgs.hookd or (throw ''
+              ${optionName [ "package" ]}: pkgs.hookd does not exist. Use the module from the hookd
+              flake (`nixosModules.default`, `darwinModules.default` or `homeManagerModules.default`
+              set it), add the flake's `overlays.default`, or set this option.'');
+        };
 
       cacheName = mkOption {
         type = types.nullOr types.str;
@@ -257,7 +257,19 @@ rec {
     cfg:
     let
       settings = finalSettings cfg;
-      unknownKeys = lib.subtractLists topKeys (lib.attrNames settings);
+      unknownKeys =
+        lib.subtractLists topKeys (lib.attrNames settings)
+        ++ lib.concatLists (
+          lib.mapAttrsToList (
+            section: known:
+            let
+              value = settings.${section} or { };
+            in
+            map (k: "${section}.${k}") (
+              lib.optionals (builtins.isAttrs value) (lib.subtractLists known (lib.attrNames value))
+            )
+          ) sectionKeys
+        );
       storeTokens = lib.filterAttrs (_: s: s.tokenFile != null && isStorePath s.tokenFile) cfg.servers;
       literalTokens = lib.filterAttrs (_: s: s.tokenFile != null && builtins.isPath s.tokenFile) cfg.servers;
       badNames = lib.filter (n: builtins.match nameRegex n == null) (lib.attrNames cfg.servers);
@@ -273,7 +285,8 @@ rec {
         assertion = unknownKeys == [ ];
         message = ''
           ${optionName [ "settings" ]}: hookd does not know the key(s) ${lib.concatStringsSep ", " unknownKeys}
-          and would refuse to start. Known keys: ${lib.concatStringsSep ", " topKeys}.'';
+          and would refuse to start. Known keys: ${lib.concatStringsSep ", " topKeys}; in
+          ${lib.concatStringsSep "; " (lib.mapAttrsToList (s: ks: "${s}: ${lib.concatStringsSep ", " ks}") sectionKeys)}.'';
       }
       {
         assertion = literalTokens == { };
@@ -331,27 +344,38 @@ rec {
     ];
 
   # Whether hookd pins queued paths with GC roots (settings.nix.gc_roots, on by default).
-  gcRootsEnabled = cfg: ((cfg.settings.nix or { }).gc_roots or true) != false;
+  gcRootsEnabled =
+    cfg: ((cfg.settings.nix or { }).gc_roots or schema.defaults.nix.gc_roots) != false;
 
-  # Where hookd keeps those roots; mirrors Config.gc_roots_dir in hookd/config.py (below Nix's
-  # gcroots, per user unless the daemon runs as root, suffixed for a non-default state_dir).
+  # root's state directory in hookd, which the NixOS and nix-darwin modules use too.
+  rootStateDir = schema.gcRoots.rootStateDir;
+
+  # Where hookd keeps those roots: Config.gc_roots_dir in hookd/config.py, from the same parts
+  # (below Nix's gcroots, per user unless the daemon runs as root, suffixed with a hash of a
+  # state_dir other than root's default). A module test compares the two.
   gcRootsDir =
     { stateDir, user }:
     let
+      inherit (schema) gcRoots;
       name =
-        if stateDir == "/var/lib/hookd" then
-          "hookd"
+        if stateDir == gcRoots.rootStateDir then
+          gcRoots.name
         else
-          "hookd-" + builtins.substring 0 12 (builtins.hashString "sha256" stateDir);
+          "${gcRoots.name}-"
+          + builtins.substring 0 gcRoots.hashLength (builtins.hashString "sha256" stateDir);
     in
     if user == "root" then
-      "/nix/var/nix/gcroots/${name}"
+      "${gcRoots.nixStateDir}/gcroots/${name}"
     else
-      "/nix/var/nix/gcroots/per-user/${user}/${name}";
+      "${gcRoots.nixStateDir}/gcroots/per-user/${user}/${name}";
 
-  # Seconds the service manager waits after SIGTERM: hookd's own upload.stop_timeout (20 s by
-  # default) plus room to commit and exit.
-  stopTimeout = cfg: builtins.ceil (((cfg.settings.upload or { }).stop_timeout or 20) + 10);
+  # Seconds the service manager waits after SIGTERM: hookd's own upload.stop_timeout plus room
+  # to commit and exit.
+  stopTimeout =
+    cfg:
+    builtins.ceil (
+      ((cfg.settings.upload or { }).stop_timeout or schema.defaults.upload.stop_timeout) + 10
+    );
 
   # The host part of an endpoint URL, for the "pushing to yourself" warning.
   endpointHost =

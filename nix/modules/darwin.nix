@@ -14,7 +14,7 @@ let
   cfg = config.services.attic-post-build-hook;
   common = import ./common.nix { inherit lib pkgs; };
 
-  stateDir = "/var/lib/hookd";
+  stateDir = common.rootStateDir;
   configFile = common.configFile cfg;
   gcRootsDir = common.gcRootsDir {
     stateDir = cfg.settings.state_dir;

@@ -16,7 +16,7 @@ let
   common = import ./common.nix { inherit lib pkgs; };
 
   unit = "hookd";
-  stateDir = "/var/lib/hookd";
+  stateDir = common.rootStateDir;
   configPath = "/etc/hookd/config.yaml";
   credentialId = name: "attic-${name}";
   credentialPath = name: "/run/credentials/${unit}.service/${credentialId name}";

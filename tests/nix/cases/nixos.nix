@@ -153,6 +153,36 @@ in
         ]).config.nix.settings.post-build-hook
     )).success;
 
+  # Keys the hand-kept list once missed (nice), and sections' keys: all from the generated
+  # nix/config-schema.json, so the module accepts what hookd accepts.
+  tuned = view (
+    with' (
+      base
+      // {
+        settings = {
+          nice = 5;
+          upload.concurrency = 8;
+          log.level = "debug";
+          nix.timeout = 60;
+        };
+      }
+    )
+  );
+
+  # What the modules read from the schema, to compare with hookd.config.schema().
+  schema =
+    let
+      common = import (e.repo + "/nix/modules/common.nix") {
+        inherit lib;
+        pkgs = e.fakePkgs "x86_64-linux";
+      };
+    in
+    {
+      inherit (common) topKeys nameRegex rootStateDir;
+      stopTimeoutDefault = common.stopTimeout { settings = { }; };
+      gcRootsDefault = common.gcRootsEnabled { settings = { }; };
+    };
+
   # Bad configurations, several mistakes per host to keep the evaluations few.
   bad = lib.mapAttrs (_: ev: (checks ev).failed) {
     # token in the store, an unknown settings key, a bad server name and endpoint; adminGroup
@@ -166,6 +196,7 @@ in
           "bad name" = server // { endpoint = "cache.example.com"; };
         };
         settings.colour = "blue";
+        settings.upload.concurency = 8; # a misspelt key inside a section
         settings.socket = "/srv/hookd/hookd.sock";
       }
     );
