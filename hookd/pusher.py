@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -25,14 +26,22 @@ from hookd.errors import (
     TransientError,
 )
 from hookd.models import PathInfo
-from hookd.nix import Nix
 from hookd.queue import FAILED, PARKED, PENDING, Item, Queue
 from hookd.targets.base import Target
 
 log = structlog.get_logger("hookd.pusher")
 
-PARK_RECHECK = 900.0
-BURST_QUIET = 0.05  # seconds without new work that end a burst  # a parked target is probed again after this long even if nothing changed
+PARK_RECHECK = 900.0  # a parked target is probed again after this long even if nothing changed
+BURST_QUIET = 0.05  # seconds without new work that end a burst
+
+
+class ClosureSource(Protocol):
+    """Where a worker learns the paths' infos and closures: hookd.nix.Nix in the daemon (`nix
+    path-info --recursive`), a fixed graph in the failure-policy tests."""
+
+    async def apath_info(
+        self, paths: Iterable[str], *, recursive: bool = False
+    ) -> list[PathInfo]: ...
 
 
 @dataclass
@@ -45,10 +54,11 @@ class Breaker:
     failures: int = 0
     open_until: float = 0.0
     opened: int = 0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def allow(self) -> float:
         """0 if a request may go now, else seconds to wait."""
-        return max(0.0, float(self.open_until - time.monotonic()))
+        return max(0.0, float(self.open_until - self.clock()))
 
     def success(self) -> None:
         self.failures = 0
@@ -61,7 +71,7 @@ class Breaker:
         # breaker opens again at once (for twice as long) instead of allowing `threshold` more.
         if self.failures >= self.threshold or self.opened > 0:
             wait = min(self.max_cooldown, self.cooldown * (2**self.opened))
-            self.open_until = time.monotonic() + wait
+            self.open_until = self.clock() + wait
             self.opened += 1
             self.failures = 0
             log.warning("breaker.open", seconds=round(wait, 1))
@@ -100,7 +110,7 @@ class TargetWorker:
         target: Target,
         *,
         queue: Queue,
-        nix: Nix,
+        nix: ClosureSource,
         breaker: Breaker,
         backoff: Backoff,
         batch_size: int,
