@@ -8,6 +8,7 @@ current, and its defaults are what the parser really applies.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,21 @@ def test_every_key_in_the_schema_is_one_the_parser_knows() -> None:
                 assert "unknown key" not in str(e), (section, name, e)
     with pytest.raises(ConfigError, match=r"unknown key.*nosuchkey"):
         cfgmod.parse_config({"attic_config": False, "upload": {"nosuchkey": 1}})
+
+
+def test_the_module_docs_list_every_key() -> None:
+    text = (REPO / "docs" / "modules.md").read_text()
+    table = text.split("## `settings`: hookd's YAML", 1)[1].split("```", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = line.split("|")
+        if len(cells) > 3 and "`" in cells[1]:
+            rows.update({k: cells[2] for k in re.findall(r"`([a-z_]+)`", cells[1])})
+    keys = json.loads(cfgmod.schema_text())["keys"]
+    assert sorted(rows) == keys["top"]
+    for section in ("filter", "upload", "nix", "log"):
+        listed = set(re.findall(r"`([a-z_]+)`", rows[section]))
+        assert set(keys[section]) <= listed, (section, set(keys[section]) - listed)
 
 
 def test_check_command_names_the_file_and_line_of_a_duplicate_key(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import json
 import os
 import shutil
 import sqlite3
@@ -24,6 +25,7 @@ import pytest
 
 from hookd.errors import QueueError
 from hookd.queue import Queue
+from tests.conftest import HookdProcess
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -163,3 +165,48 @@ async def test_disk_full_fails_the_group_and_the_writer_recovers_when_space_retu
         assert q.writer_alive()
     finally:
         q.close()
+
+
+# -- the daemon: a locked queue is an error reply, the hook spools, everything comes back ------
+
+
+@pytest.mark.fault
+def test_daemon_answers_an_error_while_the_queue_is_locked_and_recovers(
+    hookd: HookdProcess,
+) -> None:
+    hookd.start()
+    out = f"/nix/store/{'1' * 32}-locked"
+    other = sqlite3.connect(hookd.state / "queue.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # held past the daemon's 10 s busy_timeout
+    try:
+        hook = subprocess.run(
+            [str(hookd.hook_script)],
+            env={"OUT_PATHS": out, "DRV_PATH": "", "PATH": os.environ.get("PATH", "")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert hook.returncode == 0 and "spooled" in hook.stderr, hook.stderr
+        assert list(hookd.spool.glob("*.json")), "the hook did not spool"
+        reply = hookd.client.raw(
+            json.dumps({"v": 1, "op": "enqueue", "out_paths": [out + "2"]}).encode() + b"\n",
+            timeout=DEADLINE,
+        )
+        assert reply["ok"] is False and reply["error"] == "queue-unavailable", reply
+        assert "locked" in reply["message"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    # No restart: the next request is acknowledged, status answers, the spool is imported.
+    reply = hookd.client.raw(
+        json.dumps({"v": 1, "op": "enqueue", "out_paths": [out + "3"]}).encode() + b"\n",
+        timeout=DEADLINE,
+    )
+    assert reply["ok"] is True, reply
+    assert hookd.client.call({"v": 1, "op": "status"}, timeout=DEADLINE)["ok"] is True
+    deadline = time.monotonic() + DEADLINE
+    while list(hookd.spool.glob("*.json")):
+        assert time.monotonic() < deadline, f"spool never imported:\n{hookd.log()[-3000:]}"
+        time.sleep(0.1)
+    assert hookd.proc is not None and hookd.proc.poll() is None
