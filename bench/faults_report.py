@@ -518,8 +518,11 @@ def render(out: Path, dest: Path) -> str:
     )
     w(
         "- Power loss (the queue runs SQLite with `synchronous=FULL` and the hook fsyncs spool "
-        "files, but nothing here cuts power); disk full; a server that accepts connections and "
-        "never answers (covered only by `request_timeout`)."
+        "files, but nothing here cuts power); a server that accepts connections and never "
+        "answers (covered only by `request_timeout`). A full disk and a queue database locked "
+        "past `busy_timeout` are not in this run: `tests/test_queue_faults.py` covers them (the "
+        "failed transaction's callers get an error, the hook spools, the queue recovers "
+        "without a restart)."
     )
     w(
         "- Real atticd: the server is the Attic-compatible test server; multi-user Nix with a "
