@@ -17,6 +17,7 @@ from typing import Any
 
 from hookd import yamlfile
 from hookd.errors import ConfigError
+from hookd.models import attic_target_id, store_target_id
 
 # POSIX ERE as well as Python: the Nix modules check names with builtins.match and this pattern.
 CACHE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,49}")
@@ -83,7 +84,7 @@ class AtticTargetConfig:
 
     @property
     def id(self) -> str:
-        return f"attic:{self.server}/{self.cache}"
+        return attic_target_id(self.server, self.cache)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class StoreTargetConfig:
 
     @property
     def id(self) -> str:
-        return f"store:{self.store}"
+        return store_target_id(self.store)
 
 
 TargetConfig = AtticTargetConfig | StoreTargetConfig

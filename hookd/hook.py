@@ -113,13 +113,23 @@ def _spool(spool_dir: str, payload: bytes) -> str:
     name = f"{time.time_ns()}-{os.getpid()}.json"
     tmp = os.path.join(spool_dir, "." + name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     final = os.path.join(spool_dir, name)
-    os.rename(tmp, final)
+    try:
+        try:
+            view = memoryview(payload)
+            while view:  # a short write (disk almost full) must not leave half a request
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        # ENOSPC and friends: leave no hidden half-written file behind (it would never be read).
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     dfd = os.open(spool_dir, os.O_RDONLY)
     try:
         os.fsync(dfd)

@@ -104,3 +104,19 @@ class PushReport:
     upstream: list[str] = field(default_factory=list)  # signed by an upstream key: not uploaded
     failed: dict[str, Exception] = field(default_factory=dict)
     bytes_sent: int = 0
+
+
+# -- target names: the one place that spells a target's id (queue rows, logs and status use it) --
+
+
+def attic_server_key(server: str) -> str:
+    """Every cache of one Attic server shares this key (its breaker, its parked items)."""
+    return f"attic:{server}"
+
+
+def attic_target_id(server: str, cache: str) -> str:
+    return f"{attic_server_key(server)}/{cache}"
+
+
+def store_target_id(url: str) -> str:
+    return f"store:{url}"

@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypedDict
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -74,7 +76,7 @@ def validate_store_path(path: object, store: str | None = None) -> str:
     return path
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: Mapping[str, object]) -> bytes:
     return json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode() + b"\n"
 
 
@@ -128,3 +130,186 @@ def _check_enqueue(message: dict[str, Any]) -> None:
 
 def error_reply(code: str, message: str) -> bytes:
     return encode({"ok": False, "error": code, "message": message})
+
+
+# -- typed requests (what the daemon's handlers receive) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    op: ClassVar[str] = "enqueue"
+    drv_path: str | None
+    out_paths: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    op: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True)
+class Status:
+    op: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True)
+class Wait:
+    op: ClassVar[str] = "wait"
+    timeout: float
+    paths: tuple[str, ...] | None  # None: every target's whole queue
+
+
+@dataclass(frozen=True)
+class Retry:
+    op: ClassVar[str] = "retry"
+    paths: tuple[str, ...] | None  # None: every failed and parked item ("all": true)
+
+
+@dataclass(frozen=True)
+class Drop:
+    op: ClassVar[str] = "drop"
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Backfill:
+    op: ClassVar[str] = "backfill"
+    since: float
+
+
+Request = Enqueue | Ping | Status | Wait | Retry | Drop | Backfill
+
+
+def _paths_field(message: Mapping[str, Any], *, required: bool) -> tuple[str, ...] | None:
+    paths = message.get("paths")
+    if paths is None:
+        if required:
+            raise ProtocolError("bad-request", "paths (a list of store paths) is required")
+        return None
+    if not isinstance(paths, list):
+        raise ProtocolError("bad-request", "paths must be a list of store paths")
+    return tuple(validate_store_path(p) for p in paths)
+
+
+def parse_request(line: bytes) -> Request:
+    """``decode_request`` and then every field checked and typed: handlers never see raw JSON."""
+    m = decode_request(line)
+    op = m["op"]
+    if op == "enqueue":
+        return Enqueue(m.get("drv_path"), tuple(m.get("out_paths", [])), m.get("source", "hook"))
+    if op == "ping":
+        return Ping()
+    if op == "status":
+        return Status()
+    if op == "wait":
+        timeout = m.get("timeout", 60)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ProtocolError("bad-request", "timeout must be a non-negative number of seconds")
+        return Wait(float(timeout), _paths_field(m, required=False))
+    if op == "retry":
+        return Retry(None if m.get("all") else _paths_field(m, required=True))
+    if op == "drop":
+        return Drop(_paths_field(m, required=True) or ())
+    if op == "backfill":
+        since = m.get("since", 0)
+        if isinstance(since, bool) or not isinstance(since, int | float):
+            raise ProtocolError("bad-request", "since must be seconds since the epoch")
+        return Backfill(float(since))
+    raise ProtocolError("bad-op", f"unknown op {op!r}")  # decode_request already refused it
+
+
+# -- typed replies (the ``"ok": true`` answers; ``v`` and ``ok`` are added by the server) -----
+
+ItemState = Literal["pending", "done", "failed", "parked"]
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+class PingReply(TypedDict):
+    version: str
+    pid: int
+
+
+class EnqueueReply(TypedDict):
+    queued: bool
+
+
+class RetryReply(TypedDict):
+    retried: int
+
+
+class DropReply(TypedDict):
+    dropped: int
+
+
+class BackfillReply(TypedDict):
+    scanned: int
+    queued: int
+    requests: int
+
+
+class Counts(TypedDict):
+    pending: int
+    done: int
+    failed: int
+    parked: int
+
+
+class PathState(TypedDict):
+    state: ItemState
+    reason: str | None
+
+
+class WaitReply(TypedDict, total=False):
+    drained: bool
+    targets: dict[str, Counts]  # when waiting for the whole queue
+    paths: dict[str, dict[str, PathState]]  # when waiting for given paths: path -> target -> state
+
+
+class TargetStatus(Counts):
+    id: str
+    oldest_pending_age: float | None
+    breaker: str
+    busy: bool
+    last_success: float | None
+    last_error: str | None
+    pushed_paths: int
+    pushed_bytes: int
+
+
+class Problem(TypedDict):
+    path: str
+    target: str
+    state: ItemState
+    attempts: int
+    reason: str | None
+
+
+class DefaultCache(TypedDict):
+    url: str
+    public_key: str
+
+
+class Liveness(TypedDict):
+    alive: bool
+    loop_lag: float  # seconds the event loop's last heartbeat was late
+    queue_writer: bool
+    components: dict[str, str]  # supervised component -> "running" | "restarting" | "stopped"
+
+
+class StatusReply(TypedDict, total=False):
+    version: str
+    pid: int
+    uptime: float
+    socket: str
+    requests_pending: int
+    done_last_minute: int
+    targets: list[TargetStatus]
+    problems: list[Problem]
+    gc_roots: int
+    default_cache: DefaultCache
+    token_problems: dict[str, list[str]]
+    liveness: Liveness
+
+
+Reply = PingReply | EnqueueReply | RetryReply | DropReply | BackfillReply | WaitReply | StatusReply

@@ -618,3 +618,35 @@ def test_derivation_outputs_fall_back_to_nix_store_when_the_file_is_unreadable(
     missing = "/nix/store/" + "0" * 32 + "-gone.drv"
     with pytest.raises(NixError):
         Nix().derivation_outputs(missing)
+
+
+def _children_nice(name: str) -> list[int]:
+    """The niceness of this process's children called ``name`` (from /proc, any Nix version)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        if comm == name and int(fields[1]) == os.getpid():
+            found.append(int(fields[16]))
+    return found
+
+
+@needs_nix
+@pytest.mark.nix
+def test_nix_processes_run_at_the_configured_niceness(graph: Graph) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base >= 19:
+        pytest.skip("the test process already runs at the lowest priority")
+
+    async def go() -> list[int]:
+        # The dump child stays alive while we hold its pipe unread: its niceness can be read.
+        async with Nix(nice=base + 1).dump(graph.out("big")) as stream:
+            async for _block in stream:
+                return _children_nice("nix-store")
+        raise AssertionError("no data")
+
+    assert asyncio.run(asyncio.wait_for(go(), 20)) == [base + 1]

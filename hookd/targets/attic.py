@@ -38,7 +38,7 @@ from hookd.errors import (
     PushError,
     TransientError,
 )
-from hookd.models import PathInfo, PushReport
+from hookd.models import PathInfo, PushReport, attic_server_key, attic_target_id
 from hookd.nix import Nix
 from hookd.tokens import TokenStore, cache_permission, decode_claims, expires_description
 
@@ -185,11 +185,11 @@ class AtticTarget:
 
     @property
     def id(self) -> str:
-        return f"attic:{self.server.name}/{self.cache}"
+        return attic_target_id(self.server.name, self.cache)
 
     @property
     def server_key(self) -> str:
-        return f"attic:{self.server.name}"
+        return attic_server_key(self.server.name)
 
     def __repr__(self) -> str:
         return f"AtticTarget({self.id!r}, endpoint={self.server.endpoint!r})"

@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from hookd.errors import AuthError, NixError, PermanentError, PushError, TransientError
-from hookd.models import PathInfo, PushReport
+from hookd.models import PathInfo, PushReport, store_target_id
 from hookd.nix import Nix
 
 log = structlog.get_logger("hookd.store")
@@ -68,7 +68,7 @@ class StoreTarget:
 
     @property
     def id(self) -> str:
-        return f"store:{self.url}"
+        return store_target_id(self.url)
 
     @property
     def server_key(self) -> str:
