@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ ZEROS = "0" * 32
 
 def built(attr: str) -> str:
     proc = nix_build([attr], nonce_value=nonce())
-    return [line for line in proc.stdout.split() if line.startswith("/nix/store/")][0]
+    return next(line for line in proc.stdout.split() if line.startswith("/nix/store/"))
 
 
 def enqueue_line(**fields: object) -> bytes:
