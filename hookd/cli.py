@@ -206,6 +206,18 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(
         f"requests awaiting resolution: {reply['requests_pending']}; done in the last minute: {reply['done_last_minute']}"
     )
+    live = reply.get("liveness")
+    if live:
+        stuck = {name: state for name, state in live["components"].items() if state != "running"}
+        print(
+            f"liveness: {'alive' if live['alive'] else 'NOT ALIVE'} (event loop lag "
+            f"{live['loop_lag']:.2f} s, queue writer {'running' if live['queue_writer'] else 'DEAD'})"
+            + (
+                f"; not running: {', '.join(f'{n} {s}' for n, s in sorted(stuck.items()))}"
+                if stuck
+                else ""
+            )
+        )
     for t in reply["targets"]:
         age = (
             f", oldest pending {t['oldest_pending_age']:.0f} s"

@@ -25,7 +25,16 @@ from hookd.backoff import Backoff
 from hookd.daemon.spool import STALE_TMP_SECONDS
 from hookd.daemon.supervisor import Liveness, Supervisor
 from hookd.queue import Queue
-from tests.conftest import HOOKD_HOOK, HookdProcess, needs_nix, nix_build, nix_env, nonce, until
+from tests.conftest import (
+    HOOKD,
+    HOOKD_HOOK,
+    HookdProcess,
+    needs_nix,
+    nix_build,
+    nix_env,
+    nonce,
+    until,
+)
 
 ZEROS = "0" * 32
 
@@ -266,6 +275,14 @@ def test_sd_notify_ready_and_watchdog_under_systemd(
     assert liveness["alive"] is True and liveness["queue_writer"] is True
     assert liveness["components"]["resolver"] == "running"
     assert liveness["components"]["spool"] == "running"
+    shown = subprocess.run(
+        [HOOKD, "status", "--config", str(hookd.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "liveness: alive" in shown and "queue writer running" in shown, shown
     hookd.stop()
     assert "STOPPING=1" in notify_socket.recv(4096).decode()
 

@@ -398,6 +398,7 @@ class TestNixOS:
         assert svc["ExecStart"] == [f"{FLAKE_PKG}/bin/hookd daemon --config /etc/hookd/config.yaml"]
         assert svc["User"] == ["hookd"] and svc["Group"] == ["hookd"]
         assert svc["Restart"] == ["always"] and u["StartLimitIntervalSec"] == ["0"]
+        assert svc["Type"] == ["notify"] and svc["WatchdogSec"] == ["60"]
         assert svc["KillSignal"] == ["SIGTERM"] and svc["TimeoutStopSec"] == ["30"]
         assert svc["LoadCredential"] == ["attic-main:/run/secrets/attic-token"]
         assert svc["RuntimeDirectory"] == ["hookd"] and svc["StateDirectory"] == [

@@ -261,6 +261,10 @@ in
         Group = cfg.group;
         Restart = "always";
         RestartSec = 5;
+        # The daemon sends READY=1 once it listens, and WATCHDOG=1 only while its event loop
+        # runs and its queue writer answers: a wedged daemon is restarted, not left running.
+        Type = "notify";
+        WatchdogSec = 60;
         KillSignal = "SIGTERM";
         TimeoutStopSec = common.stopTimeout cfg;
 
