@@ -132,6 +132,20 @@ def test_symlinks_fifos_and_oversized_spool_files_are_quarantined_unread(
     hookd.stop()
 
 
+@needs_nix
+@pytest.mark.nix
+def test_wait_counts_spooled_requests_as_handed_over(hookd: HookdProcess) -> None:
+    hookd.start()
+    out = built("c")
+    # Spooled while the daemon runs (as by a hook that timed out); `wait` right away must not
+    # call the queue drained before the spooled request is imported and pushed.
+    spool_file(hookd.spool, "1-1.json", enqueue_line(out_paths=[out]))
+    assert hookd.client.wait(timeout=60)["drained"]
+    assert hookd.cached([out]) == {out}
+    assert not (hookd.spool / "1-1.json").exists()
+    hookd.stop()
+
+
 def test_stale_hidden_tmp_files_are_cleaned_fresh_ones_kept(hookd: HookdProcess) -> None:
     hookd.spool.mkdir(parents=True)
     stale = hookd.spool / ".1-1.json.tmp"
@@ -237,7 +251,10 @@ def test_connections_past_the_cap_get_a_busy_reply(hookd: HookdProcess) -> None:
     hookd.stop()
 
 
-def test_daemon_files_are_private_and_the_socket_group_writable(hookd: HookdProcess) -> None:
+def test_daemon_files_are_private_and_the_socket_group_writable(tmp_path: Path) -> None:
+    hookd = HookdProcess(tmp_path, {"socket": str(tmp_path / "run" / "hookd.sock")})
+    hookd.socket = tmp_path / "run" / "hookd.sock"
+    hookd.client.path = hookd.socket
     old = os.umask(0o022)  # what a shell or a non-NixOS service manager typically leaves
     try:
         hookd.start()
@@ -246,6 +263,8 @@ def test_daemon_files_are_private_and_the_socket_group_writable(hookd: HookdProc
     db = hookd.state / "queue.sqlite"
     assert stat.S_IMODE(db.stat().st_mode) & 0o077 == 0, oct(db.stat().st_mode)
     assert stat.S_IMODE(hookd.socket.stat().st_mode) == 0o660
+    # the socket's directory, created by the daemon, stays reachable for the hook and the CLI
+    assert stat.S_IMODE(hookd.socket.parent.stat().st_mode) == 0o755
     hookd.stop()
 
 

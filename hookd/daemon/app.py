@@ -84,6 +84,7 @@ class Daemon:
             progress=self.progress,
             liveness=self.liveness,
             wake_resolver=self.resolver.wake.set,
+            import_spool=self.spool.import_all,
             wake_workers=self.wake_workers,
             started=self.started,
         )

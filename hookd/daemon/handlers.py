@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,6 +54,7 @@ class Handlers:
     progress: Progress
     liveness: Liveness
     wake_resolver: Callable[[], None]
+    import_spool: Callable[[], Awaitable[int]]
     wake_workers: Callable[[], None]
     started: float
 
@@ -112,6 +113,10 @@ class Handlers:
     # -- queue state -------------------------------------------------------------------
 
     async def settled(self, paths: Sequence[str] | None) -> bool:
+        # A spooled request is handed over too: a file that arrived after the watcher's last
+        # look (while the daemon started, say) is imported now rather than at the next rescan.
+        if await self.import_spool():
+            return False
         if await self.queue.pending_requests():
             return False
         if paths is not None:

@@ -115,7 +115,11 @@ class SocketServer:
 
     async def listen(self) -> None:
         path = self.config.socket
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True)
+            # Not 0700 from the daemon's umask: the hook (root) and the admin group's CLI must
+            # reach the socket; the socket's own mode (0660) is the access control.
+            os.chmod(path.parent, 0o755)
         if path.exists() or path.is_symlink():
             if await _socket_alive(path):
                 raise ConfigError(f"{path}: another hookd daemon is already listening there")

@@ -79,6 +79,7 @@ class Spool:
         self.on_import = on_import
         # Files that could not be moved to quarantine: skipped (not re-logged) while they exist.
         self._stuck: set[str] = set()
+        self._lock = asyncio.Lock()
 
     @property
     def quarantine_dir(self) -> Path:
@@ -110,6 +111,11 @@ class Spool:
                 continue
 
     async def import_all(self) -> int:
+        # One import at a time: the watcher and `wait` both call this.
+        async with self._lock:
+            return await self._import_all()
+
+    async def _import_all(self) -> int:
         names = await asyncio.to_thread(self._names)
         imported = 0
         for name in names:
