@@ -284,7 +284,7 @@ def dump_sha256(paths: Sequence[str], chunk: int = 1 << 20) -> int:
 
 def daemon_setting(name: str, default: Any = 0) -> Any:
     """A setting's effective value in the bench's daemon config (hookd's default): e.g. `nice`
-    (the CPU priority the daemon gives itself) or `upload.batch_window`."""
+    (the CPU priority of the nix processes the daemon runs) or `upload.batch_window`."""
     from hookd.config import parse_config
 
     try:

@@ -351,9 +351,10 @@ def render(data: dict[str, Any]) -> str:
             f"Incompressible data (openssl aes-128-ctr), largest path {tp['largest_path_mib']:.0f} MiB. "
             "hookd: a fresh daemon (fresh queue) and a fresh server per round, timed from the "
             "`enqueue` of the closure's root to `wait` answering drained. MB = 10⁶ bytes of NAR. "
-            f"Server: {tp['server']}; it shares the 2 cores with the daemon. The daemon runs at "
-            f"nice {tp.get('nice', 0)} (hookd's default), and so do the comparators, so that other "
-            "work on this shared machine slows them alike. hookd's time includes its "
+            f"Server: {tp['server']}; it shares the 2 cores with the daemon. The daemon's nix "
+            f"processes run at nice {tp.get('nice', 0)} (hookd's default; the daemon itself keeps "
+            "its normal priority so that it acknowledges hooks promptly), and so do the "
+            "comparators, so that other work on this shared machine slows them alike. hookd's time includes its "
             f"{tp.get('batch_window_s', 0)} s batching window."
         )
         w("")
