@@ -29,7 +29,8 @@ log = structlog.get_logger("hookd.daemon")
 IDLE_CONNECTION_TIMEOUT = 60.0
 MAX_CONNECTIONS = 256
 BUFFER_BUDGET = 16 * 1024 * 1024
-READ_CHUNK = 64 * 1024
+# Also the StreamReader's limit: it buffers at most twice this per connection before pausing.
+READ_CHUNK = 16 * 1024
 # How long one request may take before the client gets an error instead of waiting on a
 # component that no longer answers (``wait`` adds its own timeout to this).
 OP_DEADLINE = 60.0
