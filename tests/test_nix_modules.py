@@ -247,7 +247,7 @@ def _group_exists(name: str) -> bool:
 
 
 # Run as other users by test_admin_group_members_reach_the_socket. The first binds the socket and
-# treats it as hookd's daemon does with socket_group (hookd/daemon.py, _listen); the second
+# treats it as hookd's daemon does with socket_group (hookd/daemon/server.py, SocketServer.listen); the second
 # reports whether it may connect.
 _SOCKET_OWNER = """
 import os, socket, sys
