@@ -24,17 +24,6 @@ if TYPE_CHECKING:
     from hookd.tokens import TokenStore
 
 BACKFILL_CHUNK = 500
-_STATES: dict[str, proto.ItemState] = {
-    "pending": "pending",
-    "done": "done",
-    "failed": "failed",
-    "parked": "parked",
-}
-
-
-def item_state(state: str) -> proto.ItemState:
-    """The queue's state column as the protocol's Literal (the schema's CHECK allows no other)."""
-    return _STATES[state]
 
 
 def counts(c: TargetCounts | None) -> proto.Counts:
@@ -130,7 +119,7 @@ class Handlers:
         out: dict[str, dict[str, proto.PathState]] = {}
         for item in await self.queue.items_for(paths):
             out.setdefault(item.path, {})[item.target] = {
-                "state": item_state(item.state),
+                "state": item.state,
                 "reason": item.reason,
             }
         return {"paths": out}
@@ -160,7 +149,7 @@ class Handlers:
             {
                 "path": i.path,
                 "target": i.target,
-                "state": item_state(i.state),
+                "state": i.state,
                 "attempts": i.attempts,
                 "reason": i.reason,
             }
