@@ -33,8 +33,11 @@ in
 
   overlays.default = final: _prev: { hookd = final.callPackage ./package.nix { }; };
 
+  # attic-client, attic-client-darwin: nix-attic-infra's module names (the same modules; their
+  # options are mapped in nix/modules/compat-attic-infra.nix).
   nixosModules = {
     attic-post-build-hook = modules.nixos;
+    attic-client = modules.nixos;
     default = modules.nixos;
   };
   darwinModules = {
@@ -43,6 +46,8 @@ in
   };
   homeManagerModules = {
     attic-post-build-hook = modules.homeManager;
+    attic-client = modules.homeManager;
+    attic-client-darwin = modules.homeManager;
     default = modules.homeManager;
   };
 

@@ -323,7 +323,8 @@ rec {
           use 1-50 letters, digits, '-', '_' or '+', starting with a letter or digit.'';
       }
       {
-        assertion = cfg.cacheName == null || cfg.servers != { };
+        # Servers may also come from an `attic login` config (attic_config).
+        assertion = cfg.cacheName == null || cfg.servers != { } || (settings.attic_config or false) != false;
         message = ''
           ${optionName [ "cacheName" ]} is set but there is no server to push it to. Add one:
           ${optionName [ "servers" ]}.main = { endpoint = "https://cache.example.com/"; tokenFile = "/run/secrets/attic-token"; };'';

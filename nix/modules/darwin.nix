@@ -25,6 +25,11 @@ let
   esc = lib.escapeShellArg;
 in
 {
+  imports = [
+    ./pull-darwin.nix
+    (import ./compat-attic-infra.nix "darwin")
+  ];
+
   options.services.attic-post-build-hook = common.options {
     # /var/run is emptied at boot and launchd creates no directories, so the socket lives in the
     # state directory, which activation creates.

@@ -54,6 +54,11 @@ let
   serverNames = lib.attrNames cfg.servers;
 in
 {
+  imports = [
+    ./pull-home-manager.nix
+    (import ./compat-attic-infra.nix "home-manager")
+  ];
+
   options.services.attic-post-build-hook = common.options {
     socket = if isDarwin then "${stateDir}/hookd.sock" else null;
     socketText = lib.literalMD "`$XDG_RUNTIME_DIR/hookd/hookd.sock` on Linux (null: hookd's default), `\${config.xdg.stateHome}/hookd/hookd.sock` on macOS";

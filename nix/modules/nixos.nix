@@ -94,6 +94,11 @@ let
   ];
 in
 {
+  imports = [
+    ./pull-nixos.nix
+    (import ./compat-attic-infra.nix "nixos")
+  ];
+
   options.services.attic-post-build-hook = common.options {
     socket = "/run/hookd/hookd.sock";
     stateDir = stateDir;
@@ -166,7 +171,8 @@ in
           services.attic-post-build-hook.adminGroup = "${toString (cfg.settings.socket_group or "")}"; instead.'';
       }
       {
-        assertion = cfg.createUser || config.users.users ? ${cfg.user};
+        # An `attic login` account (atticConfigFile) exists by construction; a warning covers it.
+        assertion = cfg.createUser || config.users.users ? ${cfg.user} || cfg.atticConfigFile != null;
         message = ''
           services.attic-post-build-hook.user = "${cfg.user}" does not exist and createUser is off.
           Define users.users.${cfg.user} (and users.groups.${cfg.group}), or set
