@@ -24,7 +24,9 @@ in
     netrcFileDefault = "/var/run/hookd-pull/netrc";
   };
 
-  config = lib.mkIf cfg.pull.enable {
+  config = lib.mkMerge [
+    { services.attic-post-build-hook.pull.netrcScript = script; }
+    (lib.mkIf cfg.pull.enable {
     assertions = pull.assertions cfg;
     warnings = lib.optional (!nixManaged) ''
       services.attic-post-build-hook.pull: nix.enable is off (Nix is managed outside nix-darwin),
@@ -55,5 +57,6 @@ in
         ${script} || true
       ''
     );
-  };
+  })
+  ];
 }

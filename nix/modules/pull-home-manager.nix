@@ -34,7 +34,9 @@ in
     netrcFileText = lib.literalExpression ''"''${config.xdg.stateHome}/hookd/netrc"'';
   };
 
-  config = lib.mkIf cfg.pull.enable (
+  config = lib.mkMerge [
+    { services.attic-post-build-hook.pull.netrcScript = script; }
+    (lib.mkIf cfg.pull.enable (
     lib.mkMerge [
       {
         assertions = pull.assertions cfg ++ [
@@ -88,5 +90,6 @@ in
         };
       })
     ]
-  );
+    ))
+  ];
 }

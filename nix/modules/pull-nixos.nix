@@ -25,7 +25,9 @@ in
     netrcFileDefault = "/run/hookd-pull/netrc";
   };
 
-  config = lib.mkIf cfg.pull.enable {
+  config = lib.mkMerge [
+    { services.attic-post-build-hook.pull.netrcScript = script; }
+    (lib.mkIf cfg.pull.enable {
     assertions = pull.assertions cfg;
 
     nix.settings = pull.nixSettings cfg;
@@ -65,5 +67,6 @@ in
         UMask = "0077";
       };
     };
-  };
+  })
+  ];
 }

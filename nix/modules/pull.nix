@@ -159,6 +159,17 @@ rec {
         '';
       };
 
+      netrcScript = mkOption {
+        type = types.package;
+        readOnly = true;
+        description = ''
+          The script that assembles the netrc (read-only): `hookd-netrc [DEST]` reads each token
+          file and writes {option}`${opt [ "netrcFile" ]}` (or DEST) with mode 0600. The module runs
+          it at boot/activation and when a token file changes; run it by hand after rotating a token
+          behind a symlink swap (sops-nix, agenix) if their restart hooks are not set.
+        '';
+      };
+
       netrcFile = mkOption {
         type = types.str;
         default = netrcFileDefault;

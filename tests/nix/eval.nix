@@ -133,7 +133,15 @@ let
     nixpkgs = {
       outPath = sources + "/nixpkgs";
       lib = lib // {
-        nixosSystem = args: nixos { inherit (args) system modules; specialArgs = args.specialArgs or { }; };
+        # The real one takes the system from nixpkgs.hostPlatform when `system` is not given
+        # (hardware-configuration.nix sets it); the stand-in defaults to x86_64-linux.
+        nixosSystem =
+          args:
+          nixos {
+            inherit (args) modules;
+            system = args.system or "x86_64-linux";
+            specialArgs = args.specialArgs or { };
+          };
       };
       legacyPackages = lib.genAttrs systems fakePkgs;
     };
