@@ -1101,8 +1101,15 @@ class TestFlake:
         systems = ["aarch64-darwin", "aarch64-linux", "x86_64-darwin", "x86_64-linux"]
         assert flake["systems"] == systems
         assert all(flake["packageNames"][s] == ["default", "hookd"] for s in systems)
-        for kind in ("nixos", "darwin", "homeManager"):
-            assert flake["modules"][kind] == ["attic-post-build-hook", "default"]
+        # attic-client, attic-client-darwin: nix-attic-infra's module names, kept for its users.
+        assert flake["modules"]["nixos"] == ["attic-client", "attic-post-build-hook", "default"]
+        assert flake["modules"]["darwin"] == ["attic-post-build-hook", "default"]
+        assert flake["modules"]["homeManager"] == [
+            "attic-client",
+            "attic-client-darwin",
+            "attic-post-build-hook",
+            "default",
+        ]
         assert flake["checks"]["x86_64-linux"] == ["nix-parse", "nixos-module", "package"]
         assert flake["checks"]["aarch64-darwin"] == ["nix-parse", "package"]
         assert list(flake["inputs"]) == ["nixpkgs"]
