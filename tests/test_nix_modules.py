@@ -329,6 +329,25 @@ SHARED_OPTIONS = {
     "settings.spool_dir",
     "extraPostBuildHook",
     "postBuildHook",
+    # the pull side (nix/modules/pull.nix)
+    "pull.enable",
+    "pull.caches",
+    "pull.caches.<name>.url",
+    "pull.caches.<name>.publicKey",
+    "pull.caches.<name>.priority",
+    "pull.nixConfigFile",
+    "pull.priority",
+    "pull.trustedPublicKeys",
+    "pull.netrc",
+    "pull.useServerTokens",
+    "pull.netrcScript",
+    "pull.netrcFile",
+    # nix-attic-infra's names (nix/modules/compat-attic-infra.nix)
+    "serverHostnames",
+    "serverName",
+    "serverEndpoint",
+    "tokenFile",
+    "verbose",
 }
 
 
@@ -349,7 +368,8 @@ def check_option_docs(docs: list[dict[str, Any]], extra: set[str]) -> None:
 class TestNixOS:
     def test_options(self, nixos: Any) -> None:
         check_option_docs(
-            nixos["default"]["optionDocs"], {"user", "group", "createUser", "adminGroup"}
+            nixos["default"]["optionDocs"],
+            {"user", "group", "createUser", "adminGroup", "atticConfigFile"},
         )
 
     def test_hook_script(self, nixos: Any) -> None:
@@ -788,7 +808,7 @@ class TestDarwin:
     def test_options(self, darwin: Any) -> None:
         check_option_docs(
             darwin["default"]["optionDocs"],
-            {"user", "group", "createUser", "uid", "gid", "logFile"},
+            {"user", "group", "createUser", "uid", "gid", "logFile", "atticConfigFile"},
         )
 
     def test_launchd_plist(self, darwin: Any) -> None:

@@ -28,7 +28,10 @@ let
   configFile = common.configFile cfg;
   hookd = lib.getExe' cfg.package "hookd";
 
-  hasAtticClient = options ? programs && options.programs ? attic-client;
+  # `settings`: programs.attic-client.servers alone is nix-attic-infra's, declared by
+  # compat-attic-infra.nix.
+  hasAtticClient =
+    options ? programs && options.programs ? attic-client && options.programs.attic-client ? settings;
   hasNixSettings = options ? nix && options.nix ? settings;
   nixPackage = if hasNixSettings then config.nix.package else null;
 
