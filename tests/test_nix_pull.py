@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from tests.test_nix_modules import evaluate as evaluate_case
 from tests.test_nix_modules import (
     hookd_parses,
     load_yaml,
     needs_trees,
     unit_sections,
 )
-from tests.test_nix_modules import evaluate as evaluate_case
 
 pytestmark = [pytest.mark.modules, needs_trees]
 
