@@ -139,13 +139,14 @@ in
         atticConfigFile = mkOption {
           type = types.nullOr types.str;
           default =
-            if cfg.servers == { } && cfg.serverEndpoint == null && cfg.user != ownUser then
+            if cfg.cacheName != null && cfg.servers == { } && cfg.serverEndpoint == null && cfg.user != ownUser then
               "${homeOf cfg.user}/.config/attic/config.toml"
             else
               null;
           defaultText = lib.literalMD ''
-            `~user/.config/attic/config.toml` when {option}`${opt [ "user" ]}` is an account of
-            your own (not the default) and no server is configured; else null'';
+            `~user/.config/attic/config.toml` when {option}`${opt [ "cacheName" ]}` is set, no
+            server is configured and {option}`${opt [ "user" ]}` is an account of your own (not
+            the default); else null'';
           description = ''
             An `attic login` configuration (attic's config.toml) whose servers and tokens hookd
             uses, as nix-attic-infra's `user` did. {option}`${opt [ "cacheName" ]}` then pushes to
