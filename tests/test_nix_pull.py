@@ -215,6 +215,13 @@ class TestAtticInfra:
             "production",
         ]
 
+    def test_home_manager_cache_name_alone_uses_attic_login(self, pull: Any) -> None:
+        h = pull["home"]["atticLogin"]
+        assert h["failed"] == []
+        data = load_yaml(h["yaml"])
+        assert data["attic_config"] == "/home/alice/.config/attic/config.toml"
+        assert data["targets"] == [{"server": "default", "cache": "main"}]
+
     def test_watch_store_users_get_their_targets(
         self, pull: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:

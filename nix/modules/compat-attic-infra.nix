@@ -394,6 +394,18 @@ in
           }) (lib.filterAttrs (_: s: builtins.isAttrs s && s ? endpoint) upstreamServers)
         );
       })
+      # Nothing configured at all but a cache name: the user's own `attic login`, as on NixOS.
+      (lib.mkIf (cfg.enable && cfg.cacheName != null && cfg.servers == { }) {
+        services.attic-post-build-hook.settings = {
+          attic_config = "${config.xdg.configHome}/attic/config.toml";
+          targets = lib.mkDefault [
+            {
+              server = "default";
+              cache = cfg.cacheName;
+            }
+          ];
+        };
+      })
       (lib.mkIf (cfg.enable && cfg.cacheName == null && upstreamWatch != [ ]) {
         services.attic-post-build-hook.settings.targets = lib.mkDefault (map watchTarget upstreamWatch);
         # hookd pushes what `attic watch-store` pushed; its units stay defined but no longer start.

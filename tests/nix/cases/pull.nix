@@ -313,6 +313,15 @@ in
         };
       }
     ]);
+    # Only a cache name: the user's own `attic login`.
+    atticLogin = hmView (hm "x86_64-linux" [
+      {
+        services.attic-post-build-hook = {
+          enable = true;
+          cacheName = "main";
+        };
+      }
+    ]);
     # home-manager's own attic-client settings and watchStore: hookd takes servers and targets.
     watchStore = hmView (hm "x86_64-linux" [
       {
