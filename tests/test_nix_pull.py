@@ -159,6 +159,17 @@ class TestAtticInfra:
         assert (target.server, target.cache) == ("default", "my-team-cache")  # type: ignore[union-attr]
         assert cfg.servers["default"].endpoint.startswith("https://attic.example.org")
 
+    def test_darwin_quick_start(self, pull: Any) -> None:
+        h = pull["darwinAtticLogin"]
+        assert h["failed"] == [] and h["userName"] == "builder"
+        data = load_yaml(h["yaml"])
+        assert data["attic_config"] == "/Users/builder/.config/attic/config.toml"
+        assert data["targets"] == [{"server": "default", "cache": "my-team-cache"}]
+
+    def test_both_module_names_are_one_module(self, pull: Any) -> None:
+        h = pull["nixos"]["bothNames"]
+        assert h["failed"] == [] and h["hasDaemon"]
+
     def test_its_other_hook_options_work(self, pull: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         h = pull["nixos"]["legacyOptions"]
         assert h["failed"] == []

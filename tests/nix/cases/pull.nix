@@ -209,6 +209,20 @@ in
       in
       self.nixosConfigurations.myhost
     );
+    # Both of hookd's names imported at once (nix-attic-infra users had both): one module.
+    bothNames = nixosView (e.nixos {
+      modules = [
+        e.inputs.hookd.nixosModules.attic-post-build-hook
+        e.inputs.hookd.nixosModules.attic-client
+        {
+          services.attic-post-build-hook = {
+            enable = true;
+            cacheName = "main";
+            servers.main = server;
+          };
+        }
+      ];
+    });
     # nix-attic-infra's other post-build-hook options.
     legacyOptions = nixosView (nixosHost [
       {
@@ -250,6 +264,28 @@ in
       }
     ];
   });
+
+  # The quick start's meaning of `user` on nix-darwin too.
+  darwinAtticLogin =
+    let
+      ev = e.darwin {
+        modules = [
+          e.flakeModules.darwin
+          {
+            services.attic-post-build-hook = {
+              enable = true;
+              cacheName = "my-team-cache";
+              user = "builder";
+            };
+          }
+        ];
+      };
+    in
+    {
+      failed = failed ev;
+      yaml = ev.config.environment.etc."hookd/config.yaml".source.text;
+      userName = ev.config.launchd.daemons.hookd.serviceConfig.UserName;
+    };
 
   home = {
     linux = hmView (hm "x86_64-linux" [
