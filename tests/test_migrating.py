@@ -182,6 +182,13 @@ class TestMigrating:
         ]
         hookd_parses(evaluated["nix-copy-after"]["yaml"], mp)
 
+    def test_substituters_by_hand(self, evaluated: Any) -> None:
+        before = nix_conf(evaluated["substituters-by-hand"]["nixConf"])
+        after = nix_conf(evaluated["substituters-after"]["nixConf"])
+        assert before["substituters"] == after["substituters"]
+        assert before["trusted-public-keys"] == after["trusted-public-keys"]
+        assert "netrc-file" not in before and after["netrc-file"] == "/run/hookd-pull/netrc"
+
     def test_provision_nix_config(self, evaluated: Any) -> None:
         conf = nix_conf(evaluated["provision-nix-config"]["nixConf"])
         assert conf["substituters"].split()[0] == (
