@@ -37,59 +37,59 @@ in
   config = lib.mkMerge [
     { services.attic-post-build-hook.pull.netrcScript = script; }
     (lib.mkIf cfg.pull.enable (
-    lib.mkMerge [
-      {
-        assertions = pull.assertions cfg ++ [
-          {
-            assertion = hasNixSettings && config.nix.package != null;
-            message = ''
-              services.attic-post-build-hook.pull writes the user's nix.conf (nix.settings), which
-              needs nix.package; set nix.package = pkgs.nix; (or configure substituters in the
-              system's Nix configuration instead).'';
-          }
-        ];
+      lib.mkMerge [
+        {
+          assertions = pull.assertions cfg ++ [
+            {
+              assertion = hasNixSettings && config.nix.package != null;
+              message = ''
+                services.attic-post-build-hook.pull writes the user's nix.conf (nix.settings), which
+                needs nix.package; set nix.package = pkgs.nix; (or configure substituters in the
+                system's Nix configuration instead).'';
+            }
+          ];
 
-        home.activation.hookdNetrc = lib.mkIf withNetrc (
-          lib.hm.dag.entryAfter [ "writeBoundary" ] ''
-            run ${script} || echo "hookd: the netrc is incomplete (see above); pulls from those hosts are anonymous" >&2
-          ''
-        );
-      }
+          home.activation.hookdNetrc = lib.mkIf withNetrc (
+            lib.hm.dag.entryAfter [ "writeBoundary" ] ''
+              run ${script} || echo "hookd: the netrc is incomplete (see above); pulls from those hosts are anonymous" >&2
+            ''
+          );
+        }
 
-      (lib.optionalAttrs hasNixSettings { nix.settings = pull.nixSettings cfg; })
+        (lib.optionalAttrs hasNixSettings { nix.settings = pull.nixSettings cfg; })
 
-      (lib.mkIf (withNetrc && !isDarwin) {
-        systemd.user.paths.hookd-netrc = {
-          Unit.Description = "hookd: watch the token files behind Nix's netrc";
-          Path = {
-            PathChanged = lib.unique (lib.attrValues r.entries);
-            Unit = "hookd-netrc.service";
+        (lib.mkIf (withNetrc && !isDarwin) {
+          systemd.user.paths.hookd-netrc = {
+            Unit.Description = "hookd: watch the token files behind Nix's netrc";
+            Path = {
+              PathChanged = lib.unique (lib.attrValues r.entries);
+              Unit = "hookd-netrc.service";
+            };
+            Install.WantedBy = [ "default.target" ];
           };
-          Install.WantedBy = [ "default.target" ];
-        };
-        systemd.user.services.hookd-netrc = {
-          Unit.Description = "hookd: assemble Nix's netrc from the Attic token files";
-          Service = {
-            Type = "oneshot";
-            ExecStart = "${script}";
-            UMask = "0077";
+          systemd.user.services.hookd-netrc = {
+            Unit.Description = "hookd: assemble Nix's netrc from the Attic token files";
+            Service = {
+              Type = "oneshot";
+              ExecStart = "${script}";
+              UMask = "0077";
+            };
           };
-        };
-      })
+        })
 
-      (lib.mkIf (withNetrc && isDarwin) {
-        launchd.agents.hookd-netrc = {
-          enable = true;
-          config = {
-            ProgramArguments = [ "${script}" ];
-            EnvironmentVariables.PATH = "/usr/bin:/bin";
-            RunAtLoad = true;
-            WatchPaths = lib.unique (lib.attrValues r.entries);
-            ProcessType = "Background";
+        (lib.mkIf (withNetrc && isDarwin) {
+          launchd.agents.hookd-netrc = {
+            enable = true;
+            config = {
+              ProgramArguments = [ "${script}" ];
+              EnvironmentVariables.PATH = "/usr/bin:/bin";
+              RunAtLoad = true;
+              WatchPaths = lib.unique (lib.attrValues r.entries);
+              ProcessType = "Background";
+            };
           };
-        };
-      })
-    ]
+        })
+      ]
     ))
   ];
 }
