@@ -93,142 +93,142 @@ in
     {
       services = {
         attic-post-build-hook = {
-        serverHostnames = mkOption {
-          type = types.listOf types.str;
-          default = [
-            "atticd"
-            "attic-cache"
-            "cache-server"
-          ];
-          description = ''
-            Host names of machines that serve the cache (nix-attic-infra's option). Enabling the
-            post-build hook on one of them fails evaluation: a cache server pushing its own builds
-            into itself. Pulling ({option}`${opt [ "pull" "enable" ]}`) is still allowed there.
-          '';
+          serverHostnames = mkOption {
+            type = types.listOf types.str;
+            default = [
+              "atticd"
+              "attic-cache"
+              "cache-server"
+            ];
+            description = ''
+              Host names of machines that serve the cache (nix-attic-infra's option). Enabling the
+              post-build hook on one of them fails evaluation: a cache server pushing its own builds
+              into itself. Pulling ({option}`${opt [ "pull" "enable" ]}`) is still allowed there.
+            '';
+          };
+          serverName = mkOption {
+            type = types.str;
+            default = "attic-cache";
+            description = ''
+              nix-attic-infra's name for the server given by {option}`${opt [ "serverEndpoint" ]}`
+              (the key in {option}`${opt [ "servers" ]}` it becomes).
+            '';
+          };
+          serverEndpoint = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "https://cache.example.com";
+            description = ''
+              nix-attic-infra's single server: when set, it becomes
+              `servers.<serverName> = { endpoint = serverEndpoint; tokenFile = tokenFile; }`.
+            '';
+          };
+          tokenFile = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "/run/secrets/attic-token";
+            description = "nix-attic-infra's token file for {option}`${opt [ "serverEndpoint" ]}`.";
+          };
+          verbose = mkOption {
+            type = types.bool;
+            default = false;
+            description = "nix-attic-infra's verbose logging: hookd logs at level debug.";
+          };
+        }
+        // lib.optionalAttrs (!isHome) {
+          atticConfigFile = mkOption {
+            type = types.nullOr types.str;
+            default =
+              if cfg.cacheName != null && cfg.servers == { } && cfg.serverEndpoint == null && cfg.user != ownUser then
+                "${homeOf cfg.user}/.config/attic/config.toml"
+              else
+                null;
+            defaultText = lib.literalMD ''
+              `~user/.config/attic/config.toml` when {option}`${opt [ "cacheName" ]}` is set, no
+              server is configured and {option}`${opt [ "user" ]}` is an account of your own (not
+              the default); else null'';
+            description = ''
+              An `attic login` configuration (attic's config.toml) whose servers and tokens hookd
+              uses, as nix-attic-infra's `user` did. {option}`${opt [ "cacheName" ]}` then pushes to
+              its default server (`attic login --set-default`, or the first login). The daemon runs
+              as {option}`${opt [ "user" ]}`, which must be able to read the file.
+            '';
+          };
         };
-        serverName = mkOption {
-          type = types.str;
-          default = "attic-cache";
-          description = ''
-            nix-attic-infra's name for the server given by {option}`${opt [ "serverEndpoint" ]}`
-            (the key in {option}`${opt [ "servers" ]}` it becomes).
-          '';
-        };
-        serverEndpoint = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          example = "https://cache.example.com";
-          description = ''
-            nix-attic-infra's single server: when set, it becomes
-            `servers.<serverName> = { endpoint = serverEndpoint; tokenFile = tokenFile; }`.
-          '';
-        };
-        tokenFile = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          example = "/run/secrets/attic-token";
-          description = "nix-attic-infra's token file for {option}`${opt [ "serverEndpoint" ]}`.";
-        };
-        verbose = mkOption {
-          type = types.bool;
-          default = false;
-          description = "nix-attic-infra's verbose logging: hookd logs at level debug.";
-        };
-      }
-      // lib.optionalAttrs (!isHome) {
-        atticConfigFile = mkOption {
-          type = types.nullOr types.str;
-          default =
-            if cfg.cacheName != null && cfg.servers == { } && cfg.serverEndpoint == null && cfg.user != ownUser then
-              "${homeOf cfg.user}/.config/attic/config.toml"
-            else
-              null;
-          defaultText = lib.literalMD ''
-            `~user/.config/attic/config.toml` when {option}`${opt [ "cacheName" ]}` is set, no
-            server is configured and {option}`${opt [ "user" ]}` is an account of your own (not
-            the default); else null'';
-          description = ''
-            An `attic login` configuration (attic's config.toml) whose servers and tokens hookd
-            uses, as nix-attic-infra's `user` did. {option}`${opt [ "cacheName" ]}` then pushes to
-            its default server (`attic login --set-default`, or the first login). The daemon runs
-            as {option}`${opt [ "user" ]}`, which must be able to read the file.
-          '';
-        };
-      };
       }
       // lib.optionalAttrs isNixos {
-      attic-client = {
-        enable = lib.mkEnableOption "nix-attic-infra's attic-client (the pull side), mapped onto services.attic-post-build-hook.pull";
-        secretsBackend = mkOption {
-          type = types.enum [
-            "sops"
-            "agenix"
-            "none"
-          ];
-          default = "sops";
-          description = "Where the pull token comes from (as in nix-attic-infra).";
+        attic-client = {
+          enable = lib.mkEnableOption "nix-attic-infra's attic-client (the pull side), mapped onto services.attic-post-build-hook.pull";
+          secretsBackend = mkOption {
+            type = types.enum [
+              "sops"
+              "agenix"
+              "none"
+            ];
+            default = "sops";
+            description = "Where the pull token comes from (as in nix-attic-infra).";
+          };
+          server = mkOption {
+            type = types.str;
+            default = "http://localhost:5001";
+            description = "The Attic server's URL.";
+          };
+          serverName = mkOption {
+            type = types.str;
+            default = "attic-cache";
+            description = "Name of the cache entry in {option}`${opt [ "pull" "caches" ]}`.";
+          };
+          cache = mkOption {
+            type = types.str;
+            default = "cache-local";
+            description = "The cache to substitute from.";
+          };
+          tokenFile = mkOption {
+            type = types.nullOr types.path;
+            default = null;
+            description = "sops backend: the encrypted file holding the token (becomes sops.secrets.attic-client-token).";
+          };
+          tokenKey = mkOption {
+            type = types.str;
+            default = "ATTIC_CLIENT_JWT_TOKEN";
+            description = "sops backend: the key in {option}`services.attic-client.tokenFile`.";
+          };
+          ageSecretFile = mkOption {
+            type = types.nullOr types.path;
+            default = null;
+            description = "agenix backend: the .age file (becomes age.secrets.attic-client-token).";
+          };
+          ageSecretOwner = mkOption {
+            type = types.str;
+            default = "root";
+            description = "agenix backend: owner of the decrypted token.";
+          };
+          ageSecretGroup = mkOption {
+            type = types.str;
+            default = "root";
+            description = "agenix backend: group of the decrypted token.";
+          };
+          manualTokenPath = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            description = "none backend: the token file.";
+          };
+          enablePostBuildHook = mkOption {
+            type = types.bool;
+            default = false;
+            description = "Not supported: use services.attic-post-build-hook (evaluation says how).";
+          };
+          trustedPublicKeys = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            description = "The cache's public keys.";
+          };
+          configureNixSubstituter = mkOption {
+            type = types.bool;
+            default = true;
+            description = "Whether to add the cache to `substituters`.";
+          };
         };
-        server = mkOption {
-          type = types.str;
-          default = "http://localhost:5001";
-          description = "The Attic server's URL.";
-        };
-        serverName = mkOption {
-          type = types.str;
-          default = "attic-cache";
-          description = "Name of the cache entry in {option}`${opt [ "pull" "caches" ]}`.";
-        };
-        cache = mkOption {
-          type = types.str;
-          default = "cache-local";
-          description = "The cache to substitute from.";
-        };
-        tokenFile = mkOption {
-          type = types.nullOr types.path;
-          default = null;
-          description = "sops backend: the encrypted file holding the token (becomes sops.secrets.attic-client-token).";
-        };
-        tokenKey = mkOption {
-          type = types.str;
-          default = "ATTIC_CLIENT_JWT_TOKEN";
-          description = "sops backend: the key in {option}`services.attic-client.tokenFile`.";
-        };
-        ageSecretFile = mkOption {
-          type = types.nullOr types.path;
-          default = null;
-          description = "agenix backend: the .age file (becomes age.secrets.attic-client-token).";
-        };
-        ageSecretOwner = mkOption {
-          type = types.str;
-          default = "root";
-          description = "agenix backend: owner of the decrypted token.";
-        };
-        ageSecretGroup = mkOption {
-          type = types.str;
-          default = "root";
-          description = "agenix backend: group of the decrypted token.";
-        };
-        manualTokenPath = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "none backend: the token file.";
-        };
-        enablePostBuildHook = mkOption {
-          type = types.bool;
-          default = false;
-          description = "Not supported: use services.attic-post-build-hook (evaluation says how).";
-        };
-        trustedPublicKeys = mkOption {
-          type = types.listOf types.str;
-          default = [ ];
-          description = "The cache's public keys.";
-        };
-        configureNixSubstituter = mkOption {
-          type = types.bool;
-          default = true;
-          description = "Whether to add the cache to `substituters`.";
-        };
-      };
       };
     }
     // lib.optionalAttrs isHome {
