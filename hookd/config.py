@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from hookd import yamlfile
+from hookd.attic.names import CACHE_NAME_RE
 from hookd.errors import ConfigError
 from hookd.models import attic_target_id, store_target_id
-
-# POSIX ERE as well as Python: the Nix modules check names with builtins.match and this pattern.
-CACHE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,49}")
 
 ROOT_STATE_DIR = Path("/var/lib/hookd")  # root's default, and the NixOS/nix-darwin modules'
 NIX_STATE_DIR = "/nix/var/nix"  # Nix's own default for $NIX_STATE_DIR
@@ -46,7 +44,7 @@ TOP_KEYS = {
     "log",
     "nice",
 }
-SERVER_KEYS = {"endpoint", "token_file"}
+SERVER_KEYS = {"endpoint", "token_file", "allowed_origins"}
 FILTER_KEYS = {"include", "exclude", "skip_drv", "skip_sources", "skip_fixed_output"}
 UPLOAD_KEYS = {
     "concurrency",
@@ -72,6 +70,9 @@ class ServerConfig:
     endpoint: str
     token_file: Path | None = None
     token: str | None = None  # only from attic's own config.toml `token =`; never from our YAML
+    # Origins besides the endpoint's own that may receive the token (an api_endpoint the
+    # server advertises elsewhere is followed only when its origin is listed here).
+    allowed_origins: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # never let a token reach a log line or a traceback
         return f"ServerConfig(name={self.name!r}, endpoint={self.endpoint!r}, token_file={self.token_file!r})"
@@ -338,7 +339,11 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         token_file = (
             r.path(entry["token_file"], f"{key}.token_file") if entry.get("token_file") else None
         )
-        servers[str(name)] = ServerConfig(str(name), endpoint, token_file)
+        origins = tuple(
+            _origin(o, r, f"{key}.allowed_origins[{i}]")
+            for i, o in enumerate(r.strings(entry.get("allowed_origins"), f"{key}.allowed_origins"))
+        )
+        servers[str(name)] = ServerConfig(str(name), endpoint, token_file, allowed_origins=origins)
 
     if top.get("targets") is not None and not isinstance(top["targets"], list):
         raise r.fail("targets", "a list of {server, cache} or {store, secret_key_file}")
@@ -423,6 +428,15 @@ def _endpoint(url: str, r: _Reader, key: str) -> str:
     if not re.match(r"https?://[^/]+", url):
         raise r.fail(key, "an http:// or https:// URL", url)
     return url if url.endswith("/") else url + "/"
+
+
+def _origin(value: object, r: _Reader, key: str) -> str:
+    text = r.string(value, key)
+    if not re.fullmatch(r"https?://[^/?#@\s]+/?", text):
+        raise r.fail(
+            key, "an origin such as https://api.cache.example.com (scheme, host, port)", text
+        )
+    return origin(text)
 
 
 def _target(item: object, key: str, r: _Reader, servers: dict[str, ServerConfig]) -> TargetConfig:

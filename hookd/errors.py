@@ -27,10 +27,11 @@ class NixError(HookdError):
 class PushError(HookdError):
     """A push to a target failed. Subclasses say what the pusher does about it."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.kind = kind  # Attic's error name (e.g. "NoSuchCache") when the server sent one
 
     def __str__(self) -> str:
         return self.message
@@ -40,9 +41,14 @@ class TransientError(PushError):
     """Connect errors, timeouts, resets, 5xx, 408, 429: retried with backoff, then a due time."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        kind: str | None = None,
     ) -> None:
-        super().__init__(message, status=status)
+        super().__init__(message, status=status, kind=kind)
         self.retry_after = retry_after
 
 
@@ -64,3 +70,22 @@ class PermanentError(PushError):
 
 class CorruptUploadError(PushError):
     """The server or the local stream disagreed on a NAR hash/size: retried once, then failed."""
+
+
+class ServerUnreachableError(TransientError):
+    """The server could not be reached at all (connect error/timeout) after the retries."""
+
+
+class DeadlineError(TransientError):
+    """A request outlived its total deadline (a server trickling bytes keeps each read short)."""
+
+
+class BadAnswerError(TransientError):
+    """A server answer outside the Attic API contract (wrong JSON shape, too large, not JSON).
+    Transient: a proxy's error page or a half-upgraded server is usually temporary; whatever
+    was cached from the server is dropped so the next attempt starts from a fresh answer."""
+
+
+class RedirectError(ParkedError):
+    """The server answered 3xx. hookd never follows redirects with a token; the endpoint in the
+    configuration has to change, so the target waits for a person (the message says how)."""

@@ -43,11 +43,11 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from hookd.attic.claims import CLAIM_NAMESPACE, granted, lookup
+from hookd.attic.names import CACHE_NAME_RE, CACHE_PATTERN_RE
+from hookd.attic.redact import Redactor
 from hookd.errors import ConfigError, HookdError
 
-CLAIM_NAMESPACE = "https://jwt.attic.rs/v1"
-CACHE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_+]{0,49}")  # §6.1, used with fullmatch
-CACHE_PATTERN_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9\-_+*]{0,49}")  # §5.4
 TOKEN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")  # a file name and a Secret key
 
 # YAML permission name → Attic claim flag (§5.3), in Attic's own order.
@@ -333,12 +333,10 @@ def permission_for(
     claim: Mapping[str, Mapping[str, object]], name: str
 ) -> tuple[str | None, set[str]]:
     """What Attic grants ``name`` under a ``caches`` claim: (matching key, flags)."""
-    key: str | None = name if name in claim else None
-    if key is None:
-        key = next((p for p in claim if "*" in p and pattern_matches(p, name)), None)
-    if key is None:
+    found = lookup(claim, name)
+    if found is None:
         return None, set()
-    return key, {f for f, v in claim[key].items() if v == 1 and not isinstance(v, bool)}
+    return found[0], set(granted(found[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1317,24 +1315,19 @@ def update_netrc(path: Path, host: str, tokens: Sequence[MintedToken]) -> None:
 # Output (redacted) and the command
 
 
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-
-
 class Output:
     """Human output goes to stdout (stderr with ``--json``); every line is scrubbed of secrets."""
 
     def __init__(self, stdout: TextIO, stderr: TextIO, *, json_mode: bool = False) -> None:
         self.stdout, self.stderr, self.json_mode = stdout, stderr, json_mode
-        self._secrets: list[str] = []
+        self._redactor = Redactor(mask="[REDACTED]")
 
     def add_secret(self, secret: str | None) -> None:
         if secret and len(secret) >= 8:
-            self._secrets.append(secret)
+            self._redactor.add(secret)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[REDACTED]")
-        return _JWT_RE.sub("[REDACTED]", text)  # anything shaped like a token, whatever its source
+        return self._redactor.redact(text)  # also anything shaped like a token
 
     def info(self, text: str) -> None:
         print(self.redact(text), file=self.stderr if self.json_mode else self.stdout)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Mapping, MutableMapping
@@ -26,16 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 import structlog
 
+from hookd.attic.claims import CLAIM_NAMESPACE, cache_permission, caches_of, decode_claims
+from hookd.attic.redact import Redactor
 from hookd.config import ServerConfig
 from hookd.errors import AuthError
 
 log = structlog.get_logger("hookd.tokens")
 
-ATTIC_CLAIM = "https://jwt.attic.rs/v1"
-JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 FILE_FIX = (
     'run `chmod 600 {file}` (sops-nix/agenix: set mode = "0400" and the owner to the hookd user)'
 )
@@ -78,7 +76,8 @@ class TokenStore:
         self._store_dir = os.path.normpath(store_dir)
         self._cache: dict[str, _Cached] = {}
         self._warned: dict[str, _Sig] = {}
-        self._known: set[str] = {s.token for s in self._servers.values() if s.token}
+        # Every token value ever seen (inline or read from a file), for redaction.
+        self.redactor = Redactor(s.token for s in self._servers.values() if s.token)
 
     def __repr__(self) -> str:
         return f"TokenStore(servers={sorted(self._servers)!r})"
@@ -96,7 +95,7 @@ class TokenStore:
         if server.name not in self._servers:
             self._servers[server.name] = server
             if server.token:
-                self._known.add(server.token)
+                self.redactor.add(server.token)
 
     def _server(self, name: str) -> ServerConfig:
         try:
@@ -129,7 +128,7 @@ class TokenStore:
         token = self._read(path)
         # Stat again: if the file was swapped while we read it, the next get() re-reads it.
         self._cache[server_name] = _Cached(sig, token)
-        self._known.add(token)
+        self.redactor.add(token)
         if cached is not None and cached.token != token:
             log.info("token.rotated", server=server_name, file=str(path))
         return token
@@ -281,10 +280,9 @@ class TokenStore:
             problems.append(
                 f"server {server_name}: the token in {where} is not valid before {_when(nbf)}"
             )
-        ns = claims.get(ATTIC_CLAIM)
-        if not isinstance(ns, dict) or not isinstance(ns.get("caches"), dict):
+        if caches_of(claims) is None:
             problems.append(
-                f"server {server_name}: the token in {where} has no `{ATTIC_CLAIM}` claim with "
+                f"server {server_name}: the token in {where} has no `{CLAIM_NAMESPACE}` claim with "
                 "`caches`; Attic ignores such a token"
             )
         return problems
@@ -374,11 +372,8 @@ class TokenStore:
     # -- redaction -------------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        """``text`` with every known token value (and anything shaped like a JWT) as ``***``."""
-        for token in sorted(self._known, key=len, reverse=True):
-            if token and token in text:
-                text = text.replace(token, "***")
-        return JWT_RE.sub("***", text)
+        """``text`` without any known token, fragment of one (>= 16 characters) or JWT."""
+        return self.redactor.redact(text)
 
     def processor(
         self, _logger: object, _method: str, event_dict: MutableMapping[str, Any]
@@ -413,40 +408,13 @@ def _human(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def decode_claims(token: str) -> dict[str, Any] | None:
-    """The JWT's claims WITHOUT verifying anything (diagnostics only), or None if not a JWT."""
-    try:
-        claims = jwt.decode(
-            token,
-            options={
-                "verify_signature": False,
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-                "verify_aud": False,
-                "verify_iss": False,
-            },
-        )
-    except jwt.PyJWTError:
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-def cache_permission(claims: Mapping[str, Any], cache: str) -> tuple[str, dict[str, Any]] | None:
-    """Attic's lookup: the exact key, else the FIRST matching ``*`` pattern (no merging)."""
-    ns = claims.get(ATTIC_CLAIM)
-    caches = ns.get("caches") if isinstance(ns, dict) else None
-    if not isinstance(caches, dict):
-        return None
-    if isinstance(caches.get(cache), dict):
-        return cache, caches[cache]
-    for pattern, perm in caches.items():
-        if "*" not in pattern or not isinstance(perm, dict):
-            continue
-        regex = ".*".join(re.escape(part) for part in pattern.split("*"))
-        if re.fullmatch(regex, cache):
-            return pattern, perm
-    return None
+__all__ = [
+    "TokenFileError",
+    "TokenStore",
+    "cache_permission",
+    "decode_claims",
+    "expires_description",
+]
 
 
 def expires_description(claims: Mapping[str, Any]) -> str | None:

@@ -1,111 +1,68 @@
-"""Push store paths to an Attic cache over its HTTP API (see docs: attic-api.md).
+"""Push store paths to an Attic cache: the push plan on top of ``hookd.attic.client``.
 
 Flow per ``push``: GET cache-config (cached per target) → drop upstream-signed paths →
 POST get-missing-paths (batches of 10,000) → PUT upload-path for each missing path, references
 before referrers, at most ``upload.concurrency`` at once, each NAR streamed from
-``nix-store --dump`` and hashed on the way out.
-
-Every failure is classified here, once (hookd.errors); transient ones are retried in-process
-with jittered exponential backoff (honouring Retry-After) before they are raised or recorded.
+``nix-store --dump`` and hashed on the way out. The HTTP contract (docs/attic-api.md) and the
+classification of every answer live in the client; this module decides what to retry (one
+backoff policy, hookd.backoff, honouring Retry-After), what to cache and how to explain an
+authorization failure with the token's own claims.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 import httpx
 import structlog
 from tenacity import AsyncRetrying, RetryCallState
 
-from hookd import __version__
+from hookd.attic import routes
+from hookd.attic.answers import CacheConfig
+from hookd.attic.claims import CLAIM_NAMESPACE, cache_permission, caches_of, decode_claims, granted
+from hookd.attic.client import AtticClient, ServerCorruptError, parse_retry_after
+from hookd.attic.routes import encode_nar_info, nar_info
 from hookd.backoff import Backoff
 from hookd.config import ServerConfig, UploadConfig
 from hookd.errors import (
     AuthError,
-    CacheGoneError,
     CorruptUploadError,
     NixError,
     ParkedError,
     PermanentError,
     PushError,
+    ServerUnreachableError,
     TransientError,
 )
 from hookd.models import PathInfo, PushReport, attic_server_key, attic_target_id
 from hookd.nix import Nix
-from hookd.tokens import TokenStore, cache_permission, decode_claims, expires_description
+from hookd.tokens import TokenStore, expires_description
+
+__all__ = [
+    "AtticTarget",
+    "ServerUnreachableError",
+    "encode_nar_info",
+    "nar_info",
+    "parse_retry_after",
+    "upload_order",
+]
 
 log = structlog.get_logger("hookd.attic")
 
 T = TypeVar("T")
 
-API = "_api/v1/"
-MISSING_BATCH = 10_000
-PREAMBLE_THRESHOLD = 4096  # the official client's NAR_INFO_PREAMBLE_THRESHOLD
+MISSING_BATCH = routes.MISSING_BATCH
 CORRUPT_RETRIES = 1  # "Bad NAR Hash or Size" from the server: retried once, then failed
-BAD_HASH_MESSAGES = ("Bad NAR Hash or Size", "Bad chunk hash or size")
 PERMISSIONS = {"r": "pull", "w": "push"}
-
-
-class ServerUnreachableError(TransientError):
-    """The server could not be reached at all (connect error/timeout) after the retries."""
 
 
 class _LocalMismatch(CorruptUploadError):
     """The NAR streamed from the local store does not match the path's recorded hash/size."""
-
-
-class _ServerCorrupt(CorruptUploadError):
-    """The server answered 400 "Bad NAR Hash or Size" / "Bad chunk hash or size"."""
-
-
-def nar_info(info: PathInfo, cache: str) -> dict[str, Any]:
-    """The ``UploadPathNarInfo`` JSON object, all ten keys in the official client's order."""
-    return {
-        "cache": cache,
-        "store_path_hash": info.hash_part,
-        "store_path": info.path,
-        "references": [os.path.basename(r) for r in info.references],
-        "system": None,
-        "deriver": os.path.basename(info.deriver) if info.deriver else None,
-        "sigs": list(info.signatures),
-        "ca": info.ca,
-        "nar_hash": info.nar_hash_hex,
-        "nar_size": info.nar_size,
-    }
-
-
-def encode_nar_info(info: PathInfo, cache: str) -> tuple[bytes, bool]:
-    """The compact JSON and whether it must go in the body preamble (JSON ≥ 4 KiB)."""
-    data = json.dumps(nar_info(info, cache), separators=(",", ":"), ensure_ascii=True).encode()
-    return data, len(data) >= PREAMBLE_THRESHOLD
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def upload_order(paths: Sequence[PathInfo]) -> dict[str, list[str]]:
@@ -162,22 +119,17 @@ class AtticTarget:
         self.tokens = tokens
         tokens.ensure(server)
         self.store_dir = os.path.normpath(store_dir or nix.store_dir())
-        timeout = httpx.Timeout(upload.request_timeout, connect=min(10.0, upload.request_timeout))
-        self._client = httpx.AsyncClient(
+        self.client = AtticClient(
+            server.endpoint,
+            name=server.name,
+            token=lambda: tokens.get(server.name),
+            redactor=tokens.redactor,
+            request_timeout=upload.request_timeout,
+            max_connections=upload.concurrency + 2,
+            allowed_origins=server.allowed_origins,
             transport=transport,
-            http1=True,
-            http2=False,
-            timeout=timeout,
-            follow_redirects=False,
-            headers={"User-Agent": f"hookd/{__version__}"},
-            limits=httpx.Limits(
-                max_connections=upload.concurrency + 2,
-                max_keepalive_connections=upload.concurrency + 2,
-            ),
-            trust_env=transport is None,
         )
-        self._config: dict[str, Any] | None = None
-        self._api = server.endpoint
+        self._config: CacheConfig | None = None
         self._slots = asyncio.Semaphore(max(1, upload.concurrency))
         self._config_lock = asyncio.Lock()
 
@@ -209,85 +161,58 @@ class AtticTarget:
             missing = await self._missing(to_check, report)
             await self._upload_all(missing, report)
         except PushError:
-            self._config = None  # re-fetch cache-config (endpoint, upstream keys) next time
+            self._forget_server_state()
             raise
         if report.failed:
-            self._config = None
+            self._forget_server_state()
         return report
 
     async def check(self) -> str:
         config = await self._cache_config(refresh=True)
-        visibility = "public" if config.get("is_public") else "private"
-        upstream = ", ".join(config.get("upstream_cache_key_names") or []) or "none"
-        priority = config.get("priority", "?")
+        visibility = "public" if config.is_public else "private"
+        upstream = ", ".join(config.upstream_cache_key_names) or "none"
+        priority = "?" if config.priority is None else config.priority
         return (
             f"attic {self.server.name}/{self.cache}: ok ({visibility}, priority {priority}, "
             f"upstream {upstream})"
         )
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self.client.aclose()
+
+    def _forget_server_state(self) -> None:
+        """Re-fetch cache-config (endpoint, upstream keys) before the next push."""
+        self._config = None
+        self.client.follow_api_endpoint(None)
 
     # -- cache-config ----------------------------------------------------------------------
 
-    async def _cache_config(self, *, refresh: bool = False) -> dict[str, Any]:
+    async def _cache_config(self, *, refresh: bool = False) -> CacheConfig:
         async with self._config_lock:
             if self._config is not None and not refresh:
                 return self._config
-            self._config = None
-            self._api = self.server.endpoint
-            url = self.server.endpoint + API + f"cache-config/{self.cache}"
-
-            async def get() -> dict[str, Any]:
-                resp = await self._request("GET", url, op="cache-config")
-                return self._json(resp, "cache-config")
-
-            config = await self._retrying(get)
-            remote_store = config.get("store_dir")
-            if remote_store and os.path.normpath(str(remote_store)) != self.store_dir:
+            self._forget_server_state()
+            config = await self._retrying(
+                lambda: self._authorized("cache-config", self.client.cache_config(self.cache))
+            )
+            remote_store = config.store_dir
+            if remote_store and os.path.normpath(remote_store) != self.store_dir:
+                shown = self.tokens.redactor.clean(remote_store)
                 raise ParkedError(
                     f"cache {self.cache} on server {self.server.name} has store_dir "
-                    f"{remote_store}, but the local Nix store is {self.store_dir}; paths from "
+                    f"{shown}, but the local Nix store is {self.store_dir}; paths from "
                     "this store would be unusable from it. Push to a cache made for "
                     f"{self.store_dir} (`attic cache configure {self.server.name}:{self.cache} "
                     "--store-dir …` or `hookd provision`)"
                 )
-            api = config.get("api_endpoint")
-            if isinstance(api, str) and api:
-                self._api = self._checked_api_endpoint(api)
+            self.client.follow_api_endpoint(config.api_endpoint)
             self._config = config
             return config
 
-    def _checked_api_endpoint(self, api: str) -> str:
-        api = api if api.endswith("/") else api + "/"
-        ours, theirs = urlsplit(self.server.endpoint), urlsplit(api)
-        if theirs.scheme not in ("http", "https") or not theirs.netloc:
-            log.warning(
-                "attic.api_endpoint_ignored",
-                target=self.id,
-                api_endpoint=api,
-                reason="not an http(s) URL",
-            )
-            return self.server.endpoint
-        if ours.scheme == "https" and theirs.scheme == "http":
-            # A TLS-terminating proxy without X-Forwarded-Proto makes atticd advertise http://;
-            # following it would send the token in clear text.
-            log.warning(
-                "attic.api_endpoint_ignored",
-                target=self.id,
-                api_endpoint=api,
-                reason="would downgrade https to http (set api-endpoint in server.toml "
-                "or X-Forwarded-Proto on the proxy)",
-            )
-            return self.server.endpoint
-        if api != self.server.endpoint:
-            log.info("attic.api_endpoint", target=self.id, api_endpoint=api)
-        return api
-
     def _filter_upstream(
-        self, paths: list[PathInfo], config: Mapping[str, Any], report: PushReport
+        self, paths: list[PathInfo], config: CacheConfig, report: PushReport
     ) -> list[PathInfo]:
-        upstream = set(config.get("upstream_cache_key_names") or [])
+        upstream = set(config.upstream_cache_key_names)
         if self.upload.ignore_upstream or not upstream:
             return paths
         keep = []
@@ -309,21 +234,9 @@ class AtticTarget:
         for i in range(0, len(hashes), MISSING_BATCH):
             batch = hashes[i : i + MISSING_BATCH]
 
-            async def ask(batch: list[str] = batch) -> set[str]:
-                resp = await self._request(
-                    "POST",
-                    self._api + API + "get-missing-paths",
-                    op="get-missing-paths",
-                    json={"cache": self.cache, "store_path_hashes": batch},
-                )
-                body = self._json(resp, "get-missing-paths")
-                found = body.get("missing_paths")
-                if not isinstance(found, list):
-                    raise PermanentError(
-                        f"server {self.server.name}: get-missing-paths answered without "
-                        f"`missing_paths`: {str(body)[:200]}"
-                    )
-                return {str(h) for h in found}
+            async def ask(batch: list[str] = batch) -> frozenset[str]:
+                call = self.client.missing_paths(self.cache, batch)
+                return await self._authorized("get-missing-paths", call)
 
             missing |= await self._retrying(ask)
         result = []
@@ -407,7 +320,7 @@ class AtticTarget:
                 info,
                 start,
                 "failed",
-                error=self.tokens.redact(str(e)),
+                error=self.tokens.redactor.clean(str(e), 1000),
                 error_class=type(e).__name__,
             )
             raise
@@ -429,26 +342,14 @@ class AtticTarget:
 
     async def _put(self, info: PathInfo) -> str:
         meta, preamble = encode_nar_info(info, self.cache)
-        headers = {"Content-Type": "application/octet-stream"}
-        if preamble:
-            headers["X-Attic-Nar-Info-Preamble-Size"] = str(len(meta))
-            length = len(meta) + info.nar_size
-        else:
-            headers["X-Attic-Nar-Info"] = meta.decode("ascii")
-            length = info.nar_size
-        headers["Content-Length"] = str(length)
+        headers, _length = routes.upload_headers(meta, preamble, info.nar_size)
         try:
             async with self.nix.dump(
                 info.path, nar_hash=info.nar_hash, nar_size=info.nar_size
             ) as chunks:
                 body = _verified_body(info, chunks, meta if preamble else b"")
-                resp = await self._request(
-                    "PUT",
-                    self._api + API + "upload-path",
-                    op="upload-path",
-                    headers=headers,
-                    content=body,
-                    nar_size=info.nar_size,
+                result = await self._authorized(
+                    "upload-path", self.client.upload_path(headers, body, info.nar_size)
                 )
         except NixError as e:
             raise PermanentError(f"cannot read the NAR of {info.path}: {e}") from None
@@ -457,109 +358,22 @@ class AtticTarget:
                 f"cannot stream the NAR of {info.path} (`nix-store --dump`): "
                 f"{type(e).__name__}: {e}"
             ) from None
-        try:
-            result = resp.json()
-        except ValueError:
-            return "uploaded"  # as the official client does with an unparsable 2xx body
-        return (
-            "deduplicated"
-            if isinstance(result, dict) and result.get("kind") == "Deduplicated"
-            else "uploaded"
-        )
+        return "deduplicated" if result.kind == "Deduplicated" else "uploaded"
 
-    # -- HTTP and classification -----------------------------------------------------------
+    # -- authorization failures explained --------------------------------------------------
 
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        op: str,
-        headers: dict[str, str] | None = None,
-        json: Any = None,
-        content: AsyncIterator[bytes] | None = None,
-        nar_size: int | None = None,
-    ) -> httpx.Response:
-        token = self.tokens.get(self.server.name)
-        all_headers = dict(headers or {})
-        if token:
-            all_headers["Authorization"] = f"Bearer {token}"
+    async def _authorized(self, op: str, call: Awaitable[T]) -> T:
+        """``call``, with a 401/403 from the server explained from the token's own claims."""
         try:
-            resp = await self._client.request(
-                method, url, headers=all_headers, json=json, content=content
-            )
-        except CorruptUploadError:
+            return await call
+        except AuthError as e:
+            if e.status == 401:
+                self.tokens.invalidate(self.server.name)
+                raise AuthError(self._explain_401(op), status=401) from None
+            if e.status == 403:
+                self.tokens.invalidate(self.server.name)
+                raise AuthError(self._explain_403(op), status=403) from None
             raise
-        except httpx.TransportError as e:
-            raise self._transport_error(e, op) from None
-        if resp.is_success:
-            return resp
-        raise self._http_error(resp, op, nar_size=nar_size)
-
-    def _transport_error(self, e: httpx.TransportError, op: str) -> TransientError:
-        detail = self.tokens.redact(str(e)) or "no detail"
-        where = f"server {self.server.name} ({self._api})"
-        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
-            return ServerUnreachableError(
-                f"cannot connect to {where} for {op}: {type(e).__name__}: {detail}"
-            )
-        return TransientError(f"{op} on {where} failed: {type(e).__name__}: {detail}")
-
-    def _json(self, resp: httpx.Response, op: str) -> dict[str, Any]:
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise PermanentError(
-                f"server {self.server.name}: {op} answered HTTP {resp.status_code} with "
-                f"non-JSON: {self.tokens.redact(resp.text[:200])!r}; is {self.server.endpoint} "
-                "an Attic server?",
-                status=resp.status_code,
-            )
-        return data
-
-    def _http_error(self, resp: httpx.Response, op: str, *, nar_size: int | None) -> PushError:
-        status = resp.status_code
-        _code, name, message = _error_body(resp)
-        shown = self.tokens.redact(f"{name}: {message}" if name else f"HTTP {status}: {message}")
-        server = f"server {self.server.name} ({self.server.endpoint})"
-        if status in (408, 429) or status >= 500:
-            return TransientError(
-                f"{op} on {server}: {shown}",
-                status=status,
-                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-            )
-        if status == 401:
-            self.tokens.invalidate(self.server.name)
-            return AuthError(self._explain_401(op), status=401)
-        if status == 403:
-            self.tokens.invalidate(self.server.name)
-            return AuthError(self._explain_403(op), status=403)
-        if status == 404 and name == "NoSuchCache":
-            return CacheGoneError(
-                f"cache {self.cache} does not exist on {server}; create it with "
-                f"`attic cache create {self.server.name}:{self.cache}` (or run `hookd provision`)",
-                status=404,
-            )
-        if status == 413 and name is None:
-            size = f"a {_size(nar_size)} NAR" if nar_size is not None else f"the {op} request"
-            return PermanentError(
-                f"{op} on {server}: HTTP 413 Payload Too Large for {size}: a reverse proxy in "
-                "front of atticd limits request bodies (nginx `client_max_body_size`, default "
-                "1 MiB; Cloudflare 100 MB; Cloud Run 32 MiB). Raise the proxy's body limit; "
-                "Attic cannot split an upload",
-                status=413,
-            )
-        if status == 400 and any(m in message for m in BAD_HASH_MESSAGES):
-            return _ServerCorrupt(
-                f"{op} on {server}: {shown} (the NAR arrived damaged; a proxy or tunnel may be "
-                "altering bodies, e.g. cloudflared without --protocol http2)",
-                status=400,
-            )
-        if status == 404 and name == "NotFound":
-            shown += f"; is {self.server.endpoint} the root of an Attic server?"
-        return PermanentError(f"{op} on {server}: {shown}", status=status)
 
     def _explain_401(self, op: str) -> str:
         server, cache = self.server.name, self.cache
@@ -599,7 +413,7 @@ class AtticTarget:
                     f"the token in {source} grants nothing on cache {cache} "
                     f"(its cache patterns: {pats})"
                 )
-            elif not any(v == 1 and type(v) is int for v in perm[1].values()):
+            elif not granted(perm[1]):
                 why = (
                     f"the token's entry {perm[0]!r} for cache {cache} sets no permission as "
                     "integer 1 (Attic ignores true/false)"
@@ -644,7 +458,7 @@ class AtticTarget:
             if state.outcome is None or not state.outcome.failed:
                 return False
             e = state.outcome.exception()
-            if isinstance(e, _ServerCorrupt):
+            if isinstance(e, ServerCorruptError):
                 corrupt_seen += 1
                 return corrupt_seen <= CORRUPT_RETRIES
             return isinstance(e, TransientError)
@@ -667,7 +481,7 @@ class AtticTarget:
                 target=self.id,
                 attempt=state.attempt_number,
                 delay=round(delay, 3),
-                error=self.tokens.redact(str(e)),
+                error=self.tokens.redactor.clean(str(e), 1000),
             )
             return delay
 
@@ -719,42 +533,12 @@ def _because_of(error: PushError, ref: str) -> PushError:
     return type(error)(message, status=error.status)
 
 
-def _error_body(resp: httpx.Response) -> tuple[int | None, str | None, str]:
-    """Attic's ``{code,error,message}``, else (None, None, first 200 chars of the text)."""
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        code = data.get("code")
-        return (
-            code if isinstance(code, int) else None,
-            data["error"],
-            str(data.get("message", "")),
-        )
-    try:
-        text = resp.text
-    except (UnicodeDecodeError, LookupError):
-        text = repr(resp.content[:200])
-    return None, None, " ".join(text[:200].split())
+def _patterns(claims: Mapping[str, object]) -> str:
+    caches = caches_of(claims)
+    if caches is None:
+        return f"none (no {CLAIM_NAMESPACE} claim)"
+    return ", ".join(sorted(caches)) or "none"
 
 
-def _patterns(claims: Mapping[str, Any]) -> str:
-    ns = claims.get("https://jwt.attic.rs/v1")
-    caches = ns.get("caches") if isinstance(ns, dict) else None
-    if not isinstance(caches, dict):
-        return "none (no https://jwt.attic.rs/v1 claim)"
-    return ", ".join(sorted(map(str, caches))) or "none"
-
-
-def _flags(perm: Mapping[str, Any]) -> str:
-    return "".join(f"`{k}`" for k, v in perm.items() if v == 1) or "nothing"
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit} ({n} bytes)"
-    return f"{n} bytes"
+def _flags(perm: Mapping[str, object]) -> str:
+    return "".join(f"`{k}`" for k in sorted(granted(perm))) or "nothing"
