@@ -148,8 +148,9 @@ def make_target(
     *,
     upload: UploadConfig = UPLOAD,
     transport: httpx.AsyncBaseTransport | None = None,
+    allowed_origins: tuple[str, ...] = (),
 ) -> AtticTarget:
-    server = ServerConfig("prod", srv.url, token_file)
+    server = ServerConfig("prod", srv.url, token_file, allowed_origins=allowed_origins)
     tokens = TokenStore({"prod": server})
     return AtticTarget(server, cache, nix=Nix(), upload=upload, tokens=tokens, transport=transport)
 
@@ -396,12 +397,25 @@ def test_check_and_api_endpoint(srv: AtticTestServer, graph: Graph, tmp_path: Pa
     assert run(make_target(srv, tf), lambda t: t.check()) == (
         "attic prod/team: ok (private, priority 41, upstream cache.nixos.org-1)"
     )
-    # The server advertises another api_endpoint: every later call goes there.
+    # The server advertises an api_endpoint on another origin: the token does not follow it
+    # unless the configuration lists that origin; the refusal names both origins.
     srv.api_endpoint = f"http://localhost:{srv.port}/"
     rec = Recorder()
-    push(make_target(srv, tf, transport=rec), graph.closure("b"))
+    with structlog.testing.capture_logs() as logs:
+        push(make_target(srv, tf, transport=rec), graph.closure("b"))
+    hosts = [(m, url.host) for m, url, _ in rec.sent]
+    assert hosts == [("GET", "127.0.0.1"), ("POST", "127.0.0.1"), ("PUT", "127.0.0.1")]
+    refused = [e for e in logs if e["event"] == "attic.api_endpoint_refused"]
+    assert refused and refused[0]["endpoint_origin"] == f"http://127.0.0.1:{srv.port}"
+    assert refused[0]["api_endpoint_origin"] == f"http://localhost:{srv.port}"
+    assert "allowed_origins" in refused[0]["reason"]
+    # Opted in: every later call goes there.
+    rec = Recorder()
+    allowed = (f"http://localhost:{srv.port}",)
+    push(make_target(srv, tf, transport=rec, allowed_origins=allowed), graph.closure("c"))
     hosts = [(m, url.host) for m, url, _ in rec.sent]
     assert hosts == [("GET", "127.0.0.1"), ("POST", "localhost"), ("PUT", "localhost")]
+    assert all(h.get("Authorization") for _, _, h in rec.sent)
 
 
 def test_store_dir_mismatch_is_parked(srv: AtticTestServer, graph: Graph, tmp_path: Path) -> None:

@@ -160,7 +160,10 @@ allowed_users: [ci, 1001]
 allowed_groups: [wheel]
 attic_config: false
 servers:
-  prod: {endpoint: "https://cache.example.com", token_file: /run/secrets/attic-prod}
+  prod:
+    endpoint: "https://cache.example.com"
+    token_file: /run/secrets/attic-prod
+    allowed_origins: ["https://api.cache.example.com"]
   staging: {endpoint: "http://10.0.0.2:8080/"}
 targets:
   - {server: prod, cache: team}
@@ -574,6 +577,16 @@ SERVER = {"prod": {"endpoint": "https://cache.example.com/"}}
             {"servers": {"prod": {"endpoint": "https://x/", "token_file": "secrets/t"}}},
             "servers.prod.token_file",
             "an absolute path",
+        ),
+        (
+            {"servers": {"prod": {"endpoint": "https://x/", "allowed_origins": ["x.org"]}}},
+            "servers.prod.allowed_origins[0]",
+            "an origin such as",
+        ),
+        (
+            {"servers": {"prod": {"endpoint": "https://x/", "allowed_origins": ["https://x/a"]}}},
+            "servers.prod.allowed_origins[0]",
+            "an origin such as",
         ),
         ({"targets": {"server": "prod"}}, "targets", "a list of"),
         ({"targets": 5}, "targets", "a list of"),

@@ -54,9 +54,10 @@ class Redactor:
         for secret in sorted(self._secrets, key=len, reverse=True):
             if secret in text:
                 text = text.replace(secret, self.mask)
+        text = JWT_RE.sub(self.mask, text)
         if self._grams and len(text) >= FRAGMENT:
             text = self._drop_fragments(text)
-        return JWT_RE.sub(self.mask, text)
+        return text
 
     def _drop_fragments(self, text: str) -> str:
         covered: list[tuple[int, int]] = []

@@ -31,6 +31,7 @@ from hookd.backoff import Backoff
 from hookd.config import ServerConfig, UploadConfig
 from hookd.errors import (
     AuthError,
+    CacheGoneError,
     CorruptUploadError,
     NixError,
     ParkedError,
@@ -363,9 +364,18 @@ class AtticTarget:
     # -- authorization failures explained --------------------------------------------------
 
     async def _authorized(self, op: str, call: Awaitable[T]) -> T:
-        """``call``, with a 401/403 from the server explained from the token's own claims."""
+        """``call``, with a 401/403 from the server explained from the token's own claims and
+        a missing cache with the command that creates it."""
         try:
             return await call
+        except CacheGoneError:
+            server = f"server {self.server.name} ({self.server.endpoint})"
+            raise CacheGoneError(
+                f"cache {self.cache} does not exist on {server}; create it with "
+                f"`attic cache create {self.server.name}:{self.cache}` (or run `hookd provision`)",
+                status=404,
+                kind="NoSuchCache",
+            ) from None
         except AuthError as e:
             if e.status == 401:
                 self.tokens.invalidate(self.server.name)
