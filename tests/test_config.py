@@ -212,7 +212,13 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
     assert c.allowed_users == ("ci", "1001")
     assert c.allowed_groups == ("wheel",)
     assert c.servers == {
-        "prod": ServerConfig("prod", "https://cache.example.com/", Path("/run/secrets/attic-prod")),
+        "prod": ServerConfig(
+            "prod",
+            "https://cache.example.com/",
+            Path("/run/secrets/attic-prod"),
+            # normalised like the client's origins: default port explicit
+            allowed_origins=("https://api.cache.example.com:443",),
+        ),
         "staging": ServerConfig("staging", "http://10.0.0.2:8080/", None),
     }
     assert c.targets == (
