@@ -535,6 +535,14 @@ class Faults:
     slow_body_delay: float = 0.0
     max_body_size: int | None = None
     include_binary_cache: bool = False  # fail_rate also hits the binary-cache routes
+    # status_script answers are written one byte per trickle_delay seconds (each read is
+    # short, the whole answer never ends in time): a server stalling a client.
+    trickle_delay: float = 0.0
+    # The next API request gets a 200 JSON answer of this many bytes, generated as it is
+    # written (no memory); huge_sent counts what actually left (the client may hang up).
+    huge_answer: int = 0
+    huge_sent: int = 0
+    huge_done: bool = False
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -557,12 +565,19 @@ class Faults:
             self.slow_body_delay = 0.0
             self.max_body_size = None
             self.include_binary_cache = False
+            self.trickle_delay = 0.0
+            self.huge_answer = 0
 
     def _roll(self, rate: float) -> bool:
         if rate <= 0:
             return False
         with self._lock:
             return self._rng.random() < rate
+
+    def _pop_huge(self) -> int:
+        with self._lock:
+            size, self.huge_answer = self.huge_answer, 0
+            return size
 
     def _pop_script(self) -> tuple[int, dict[str, str], bytes] | None:
         with self._lock:
@@ -894,6 +909,48 @@ class _Exchange:
                     time.sleep(delay)
                 first = False
                 h.wfile.write(chunk)
+
+    def _head(self, status: int, headers: Mapping[str, str], length: int) -> bytes:
+        lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines += [f"Content-Length: {length}", "Connection: close"]
+        self.h.close_connection = True
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def send_generated(self, size: int) -> None:
+        """Fault huge_answer: a 200 JSON answer of ``size`` bytes, made while writing."""
+        self.status, self.kind, self.responded = 200, "fault:huge_answer", True
+        self.record()
+        faults = self.owner.faults
+        faults.huge_sent, faults.huge_done = 0, False
+        try:
+            self.h.wfile.write(self._head(200, {"Content-Type": "application/json"}, size))
+            prefix = b'{"missing_paths":["'
+            self.h.wfile.write(prefix)
+            faults.huge_sent = len(prefix)
+            block = b"0" * 65536
+            left = size - len(prefix) - 3
+            while left > 0:
+                n = min(left, len(block))
+                self.h.wfile.write(block[:n])
+                faults.huge_sent += n
+                left -= n
+            self.h.wfile.write(b'"]}')
+            faults.huge_sent += 3
+        finally:
+            faults.huge_done = True
+
+    def send_trickled(
+        self, status: int, headers: Mapping[str, str], body: bytes, delay: float
+    ) -> None:
+        """Fault trickle_delay: the answer's body one byte at a time."""
+        self.status, self.kind, self.responded = status, "fault:trickle", True
+        self.record()
+        self.h.wfile.write(self._head(status, headers, len(body)))
+        for i in range(len(body)):
+            self.h.wfile.flush()
+            time.sleep(delay)
+            self.h.wfile.write(body[i : i + 1])
 
     def send_json(self, obj: Any, kind: str | None = None) -> None:
         body = json.dumps(obj, separators=(",", ":")).encode()
@@ -1507,9 +1564,16 @@ class AtticTestServer:
                 x.linger_close()
                 return
         if is_api:
+            huge = f._pop_huge()
+            if huge:
+                x.send_generated(huge)
+                return
             script = f._pop_script()
             if script is not None:
                 status, headers, body = script
+                if f.trickle_delay > 0:
+                    x.send_trickled(status, headers, body, f.trickle_delay)
+                    return
                 x.send(status, body, None, headers, kind="fault:status_script")
                 return
         if (is_api or f.include_binary_cache) and f._roll(f.fail_rate):

@@ -511,6 +511,9 @@ def test_413_from_proxy_fails_that_path_only(
     err = report.failed[big.path]
     assert isinstance(err, PermanentError) and err.status == 413
     assert "client_max_body_size" in str(err) and f"{big.nar_size} bytes" in str(err)
+    # nginx's own default (1m) and the NixOS module's (10m), and the setting to change.
+    assert "is 1m" in str(err) and "sets 10m" in str(err)
+    assert "services.nginx.clientMaxBodySize" in str(err)
     # Its dependent is not uploaded and fails with the same class, naming the reference.
     dep = report.failed[usesbig.path]
     assert type(dep) is PermanentError and big.path in str(dep)
