@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
@@ -69,6 +70,7 @@ CONFIG_CAP = 256 * KiB
 UPLOAD_CAP = 64 * KiB
 NARINFO_CAP = 1024 * KiB
 MIN_UPLOAD_RATE = 128 * KiB  # bytes/s an upload may be as slow as before its deadline ends
+MAX_RETRY_AFTER = 86400.0  # a longer Retry-After is taken as a day
 BAD_HASH_MESSAGES = ("Bad NAR Hash or Size", "Bad chunk hash or size")
 
 
@@ -82,16 +84,18 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "1e400" or "nan" from a server must not become a due time of infinity
+        return min(max(0.0, seconds), MAX_RETRY_AFTER) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None or when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - (time.time() if now is None else now)))
 
 
 def missing_cap(asked: int) -> int:
@@ -371,7 +375,7 @@ class AtticClient:
             ) from None
         except CorruptUploadError:
             raise
-        except httpx.TransportError as e:
+        except httpx.HTTPError as e:  # transport errors, and bodies that fail to decode
             raise self._transport_error(e, op, base) from None
         if 200 <= answer.status < 300:
             if not answer.whole:
@@ -399,7 +403,7 @@ class AtticClient:
     def _parse_text(self, a: _Answer, op: str, parse: Callable[[str], _T]) -> _T:
         return self._parse(a, op, lambda _data: parse(a.text))
 
-    def _transport_error(self, e: httpx.TransportError, op: str, base: str) -> TransientError:
+    def _transport_error(self, e: httpx.HTTPError, op: str, base: str) -> TransientError:
         detail = self._redactor.clean(str(e)) or "no detail"
         where = f"server {self.name} ({base})"
         if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
