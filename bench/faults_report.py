@@ -494,7 +494,7 @@ def render(out: Path, dest: Path) -> str:
     w(
         "What the other uploaders do in the same situations, from the project's survey of the "
         'peers (`peers.md`; section and issue numbers are the ones it cites, "ran" marks '
-        "behaviour it measured; zhaofengli/attic#166 is from `attic-api.md` §10), next to what "
+        "behaviour it measured; zhaofengli/attic#166 is from `docs/attic-api.md` §10), next to what "
         "this run measured for hookd."
     )
     w("")

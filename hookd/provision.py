@@ -13,7 +13,7 @@ Flow (a bad input changes nothing, because every check runs before the first wri
    endpoint: a token is a JWT signed with the server's own secret) and write them out.
 
 Neither the admin token nor a minted token is ever printed, except minted tokens on stdout with
-``--json``, whose purpose that is. Reference: ``/work/shared/reference/attic-api.md`` §3-§6.
+``--json``, whose purpose that is. Reference: ``docs/attic-api.md`` §3-§6 (every § below refers to it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """An Attic-compatible HTTP server for tests (a fake ``atticd``).
 
-It follows ``/work/shared/reference/attic-api.md`` (the contract): the six ``/_api/v1/`` routes,
+It follows the contract in ``docs/attic-api.md`` (§ numbers below refer to it): the six ``/_api/v1/`` routes,
 the ``attic-cache-info`` alias, the Nix binary-cache endpoints, Attic's JSON errors and axum's
 plain-text rejections, the JWT rules (§5) and the 401/403/404 matrix (§4.3). Everything lives in
 memory except NAR bodies, which are streamed to files in a private temporary directory.
@@ -126,7 +126,7 @@ PLACEHOLDER_HTML = (
     b"<body><p>This is an Attic binary cache (hookd test server).</p></body></html>\n"
 )
 
-# Attic-generated error kinds: name -> (status, message) (§4.2)
+# Attic-generated error kinds: name -> (status, message), as in server/src/error.rs (§4.1)
 ERRORS: dict[str, tuple[int, str]] = {
     "NotFound": (404, "The URL you requested was not found."),
     "Unauthorized": (401, "Unauthorized."),

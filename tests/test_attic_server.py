@@ -1,6 +1,7 @@
 """Tests for the Attic test server (tests/attic_server.py): real HTTP with httpx.
 
-Expected texts are copied from /work/shared/reference/attic-api.md, not from the server module.
+Expected texts follow Attic's source as docs/attic-api.md describes it (§ numbers refer to that
+file), not the server module.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ let
 in { inherit leaf mid top multi big fod sleepy; }
 """
 
-# attic-api.md §7.4: a verified hex <-> nix32 pair
+# docs/attic-api.md §7.4: a verified hex <-> nix32 pair
 VECTOR_HEX = "91e129ac1959d062ad093d2b1f8b65afae0f712056fe3eac78ec530ff6a1bb9a"
 VECTOR_NIX32 = "16mvl7v0ylzcg2n3xzjn41qhzbmgcn5iyarx16nn5l2r36n2kqci"
 

@@ -169,7 +169,7 @@ def test_first_run_creates_and_configures_then_second_run_is_a_no_op(
     assert team.upstream_cache_key_names == ["cache.nixos.org-1", "team-upstream-1"]
     assert team.public_key.startswith("team:")
     assert (pub.is_public, pub.priority, pub.retention_period) == (True, 41, 0)
-    # create carries all five fields; retention only exists through PATCH (§3.2)
+    # create carries all five fields; retention only exists through PATCH (docs/attic-api.md §3.2)
     assert rec.writes() == [
         (
             "POST",

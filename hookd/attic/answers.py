@@ -1,7 +1,7 @@
 """Typed answers of the Attic routes hookd uses, validated strictly against the contract.
 
 Every parser takes the decoded JSON (``object``) and returns a frozen dataclass or raises
-``AnswerError`` naming the first field that does not match docs/attic-api.md. Unknown fields
+``AnswerError`` naming the first field that does not match docs/attic-api.md §3. Unknown fields
 are ignored (Attic adds fields over time; serde ignores them too), but a known field of the
 wrong type is never guessed at: ``upstream_cache_key_names: 5`` is an error, not "no keys".
 """

@@ -3,7 +3,7 @@
 Attic reads its grants from ``claims[CLAIM_NAMESPACE]["caches"]``: a mapping from a cache name
 or a ``*`` pattern to flags (``r``, ``w``, ``d``, ``cc``, ``cr``, ``cq``, ``cd``) that count
 only as the integer 1. The lookup takes the exact key, else the FIRST matching pattern in the
-claim's order; permissions are never merged (docs/attic-api.md, "Tokens").
+claim's order; permissions are never merged (docs/attic-api.md §5).
 """
 
 from __future__ import annotations

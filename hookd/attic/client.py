@@ -1,4 +1,4 @@
-"""``AtticClient``: the only code in hookd that speaks HTTP to an Attic server.
+"""``AtticClient``: the only code in hookd that speaks HTTP to an Attic server (docs/attic-api.md).
 
 One client per (server, token source). Every call:
 

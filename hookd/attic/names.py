@@ -1,4 +1,4 @@
-"""Names Attic accepts (docs/attic-api.md, "Names")."""
+"""Names Attic accepts (docs/attic-api.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The routes hookd calls and their request bodies (docs/attic-api.md, "Routes").
+"""The routes hookd calls and their request bodies (docs/attic-api.md §2, §3).
 
 Paths are relative to an endpoint that ends in ``/`` (``urljoin`` semantics, like Attic's own
 client). Bodies are built here so that the push target and ``hookd provision`` send the same
