@@ -15,10 +15,13 @@ from typing import TypeVar
 import pytest
 import structlog
 
+from hookd.attic.blocking import BlockingAtticClient
 from hookd.attic.client import AtticClient
 from hookd.attic.redact import FRAGMENT, Redactor
+from hookd.attic.routes import CreateCache, retention_wire
 from hookd.config import ServerConfig, UploadConfig
 from hookd.errors import (
+    AuthError,
     BadAnswerError,
     DeadlineError,
     ParkedError,
@@ -248,3 +251,38 @@ def test_redirect_elsewhere_names_status_and_host(
     assert isinstance(err, RedirectError) and err.status == 302
     assert "302" in str(err) and "login.example.net" in str(err)
     assert "servers.prod.endpoint" in str(err)
+
+
+# -- the admin calls provision uses, and the binary-cache routes -----------------------------
+
+
+def test_cache_lifecycle_through_the_blocking_client(srv: AtticTestServer) -> None:
+    admin = srv.make_token({"adm-*": {"r": 1, "cc": 1, "cr": 1, "cq": 1, "cd": 1}})
+    with BlockingAtticClient(srv.url, admin) as c:
+        assert c.find_cache("adm-one") is None
+        assert c.create_cache("adm-one", CreateCache(is_public=True, priority=30)) is True
+        assert c.create_cache("adm-one", CreateCache(is_public=True)) is False  # exists
+        got = c.cache_config("adm-one")
+        assert (got.is_public, got.priority, got.store_dir) == (True, 30, "/nix/store")
+        assert got.upstream_cache_key_names == ("cache.nixos.org-1",)
+        assert got.retention_period == "Global" and got.public_key
+        c.configure_cache("adm-one", {"priority": 7, "retention_period": retention_wire(3600)})
+        got = c.cache_config("adm-one")
+        assert (got.priority, got.retention_period) == (7, 3600)
+        info = c.nix_cache_info("adm-one")
+        assert (info.store_dir, info.priority, info.want_mass_query) == ("/nix/store", 7, True)
+        assert c.narinfo("adm-one", fake_path("p").hash_part) is None
+        assert c.destroy_cache("adm-one") is True
+        assert c.destroy_cache("adm-one") is False
+        with pytest.raises(AuthError) as e:  # no grant on this name: anonymous, 401
+            c.create_cache("other", CreateCache(is_public=False))
+        assert e.value.status == 401
+
+
+def test_narinfo_of_a_held_path(srv: AtticTestServer, token: str) -> None:
+    p = fake_path("held")
+    srv.add_object("team", p.path, b"nar bytes")
+    with BlockingAtticClient(srv.url, token) as c:
+        got = c.narinfo("team", p.hash_part)
+    assert got is not None and got.store_path == p.path and got.nar_size == len(b"nar bytes")
+    assert got.url == f"nar/{p.hash_part}.nar" and got.nar_hash.startswith("sha256:")

@@ -401,7 +401,14 @@ class AtticClient:
             ) from None
 
     def _parse_text(self, a: _Answer, op: str, parse: Callable[[str], _T]) -> _T:
-        return self._parse(a, op, lambda _data: parse(a.text))
+        try:
+            return parse(a.text)
+        except AnswerError as e:
+            raise BadAnswerError(
+                f"server {self.name}: the {op} answer (HTTP {a.status}) does not match the Nix "
+                f"binary-cache format: {self._redactor.clean(str(e))}",
+                status=a.status,
+            ) from None
 
     def _transport_error(self, e: httpx.HTTPError, op: str, base: str) -> TransientError:
         detail = self._redactor.clean(str(e)) or "no detail"
