@@ -15,10 +15,6 @@ CACHE_PATTERN_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9\-_+*]{0,49}")
 STORE_PATH_HASH_RE = re.compile(r"[0123456789abcdfghijklmnpqrsvwxyz]{32}")
 
 
-def is_cache_name(name: str) -> bool:
-    return CACHE_NAME_RE.fullmatch(name) is not None
-
-
 def origin(url: str) -> str:
     """``scheme://host:port`` of a URL, lowercased, with the default port made explicit: two
     URLs with the same origin may share a token."""

@@ -82,18 +82,8 @@ class CreateCache:
         }
 
 
-class ConfigurePatch(TypedDict, total=False):
-    """PATCH cache-config: only the fields to change. ``retention_period`` needs ``cq``."""
-
-    is_public: bool
-    store_dir: str
-    priority: int
-    upstream_cache_key_names: list[str]
-    retention_period: object  # use retention_wire()
-    keypair: object
-
-
 def retention_wire(value: Retention) -> object:
+    """``retention_period`` for a PATCH body (needs ``cq``)."""
     return "Global" if value == GLOBAL else {"Period": value}
 
 
