@@ -203,7 +203,8 @@ def test_a_trickling_server_hits_the_total_deadline(
 ) -> None:
     body = json.dumps({"is_public": False, "store_dir": "/nix/store"}).encode()
     srv.faults.trickle_delay = 0.1  # each read is far shorter than request_timeout
-    srv.faults.status_script = [(200, {"Content-Type": "application/json"}, body * 20)]
+    # A valid answer, padded: without a total deadline it would arrive, after ~40 s.
+    srv.faults.status_script = [(200, {"Content-Type": "application/json"}, body + b" " * 400)]
     upload = UploadConfig(min_backoff=0.01, max_backoff=0.05, retry_attempts=1, request_timeout=0.4)
     err = push_error(make_target(srv, tmp_path, token, upload), [fake_path("p")])
     assert isinstance(err, DeadlineError) and isinstance(err, TransientError)
