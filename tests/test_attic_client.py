@@ -287,3 +287,14 @@ def test_narinfo_of_a_held_path(srv: AtticTestServer, token: str) -> None:
         got = c.narinfo("team", p.hash_part)
     assert got is not None and got.store_path == p.path and got.nar_size == len(b"nar bytes")
     assert got.url == f"nar/{p.hash_part}.nar" and got.nar_hash.startswith("sha256:")
+
+
+def test_a_huge_error_message_is_cut_after_redaction(
+    srv: AtticTestServer, tmp_path: Path, token: str
+) -> None:
+    message = "m" * (4 * 1024 * 1024)
+    body = json.dumps({"code": 500, "error": "InternalServerError", "message": message})
+    srv.faults.status_script = [(500, {"Content-Type": "application/json"}, body.encode())]
+    err = push_error(make_target(srv, tmp_path, token), [fake_path("p")])
+    assert isinstance(err, TransientError) and err.status == 500
+    assert "InternalServerError" in str(err) and len(str(err)) < 1000
