@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hookd import yamlfile
-from hookd.attic.names import CACHE_NAME_RE
+from hookd.attic.names import CACHE_NAME_RE, origin
 from hookd.errors import ConfigError
 from hookd.models import attic_target_id, store_target_id
 
