@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from hookd.attic.claims import CLAIM_NAMESPACE, cache_permission, caches_of, decode_claims
+from hookd.attic.claims import CLAIM_NAMESPACE, caches_of, decode_claims
 from hookd.attic.redact import Redactor
 from hookd.config import ServerConfig
 from hookd.errors import AuthError
@@ -406,15 +406,6 @@ def _human(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds:.0f} s"
-
-
-__all__ = [
-    "TokenFileError",
-    "TokenStore",
-    "cache_permission",
-    "decode_claims",
-    "expires_description",
-]
 
 
 def expires_description(claims: Mapping[str, Any]) -> str | None:

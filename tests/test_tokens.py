@@ -11,9 +11,10 @@ import jwt
 import pytest
 import structlog
 
+from hookd.attic.claims import cache_permission, decode_claims
 from hookd.config import ServerConfig
 from hookd.errors import AuthError
-from hookd.tokens import TokenFileError, TokenStore, cache_permission, decode_claims
+from hookd.tokens import TokenFileError, TokenStore
 from tests.conftest import write_token
 
 
