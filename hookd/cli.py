@@ -17,8 +17,10 @@ from typing import Any
 from hookd import __version__
 from hookd import protocol as proto
 from hookd.config import Config, load_config
+from hookd.duration import is_duration, parse_duration
 from hookd.errors import ConfigError, HookdError
 from hookd.logs import setup_logging
+from hookd.provision import command as provision
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -269,16 +271,16 @@ def cmd_backfill(args: argparse.Namespace, config: Config) -> int:
 
 
 def _parse_since(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    if text[:-1].isdigit() and text[-1] in units:
-        return time.time() - int(text[:-1]) * units[text[-1]]
+    if is_duration(text):
+        return time.time() - parse_duration(text, "--since")
     if text.isdigit():
         return float(text)
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise ConfigError(
-            f"--since: expected a duration like 2h/3d, epoch seconds or an ISO date, got {text!r}"
+            f"--since: expected a duration like 2h, 3d or 1y, epoch seconds or an ISO date, "
+            f"got {text!r}"
         ) from None
 
 
@@ -381,14 +383,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = add("backfill", "queue locally built store paths registered since T (missed by the hook)")
     p.add_argument(
-        "--since", help="a duration (2h, 3d), epoch seconds or an ISO date (default: all)"
+        "--since",
+        help="a duration (2h, 3d, 1w2d, 1y), epoch seconds or an ISO date (default: all)",
     )
     add("check", "validate config and token files, reach every target")
-    sub.add_parser(
+    # no `common` parent: provision's --config is its YAML, and it needs no daemon config
+    p = sub.add_parser(
         "provision",
         help="create/configure Attic caches and mint tokens (see `hookd provision --help`)",
-        add_help=False,
+        description=provision.DESCRIPTION,
     )
+    provision.add_arguments(p)
     return parser
 
 
@@ -406,12 +411,9 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["provision"]:  # its own parser: every option after the word is its own
-        from hookd import provision
-
-        return provision.main(argv[1:])
     args = get_parser().parse_args(argv)
+    if args.command == "provision":
+        return provision.run_parsed(args)
     try:
         config = load_config(args.config)
         if args.socket:

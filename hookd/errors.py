@@ -89,3 +89,8 @@ class BadAnswerError(TransientError):
 class RedirectError(ParkedError):
     """The server answered 3xx. hookd never follows redirects with a token; the endpoint in the
     configuration has to change, so the target waits for a person (the message says how)."""
+
+
+class ProvisionError(HookdError):
+    """`hookd provision`: the server, the credentials or the current state prevent provisioning
+    (exit 1; a ConfigError, exit 2, means the YAML or the command line is wrong)."""
