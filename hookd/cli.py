@@ -20,7 +20,7 @@ from hookd.config import Config, load_config
 from hookd.duration import is_duration, parse_duration
 from hookd.errors import ConfigError, HookdError
 from hookd.logs import setup_logging
-from hookd.provision import command as provision
+from hookd.provision import options as provision_options
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -391,9 +391,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "provision",
         help="create/configure Attic caches and mint tokens (see `hookd provision --help`)",
-        description=provision.DESCRIPTION,
+        description=provision_options.DESCRIPTION,
     )
-    provision.add_arguments(p)
+    provision_options.add_arguments(p)
     return parser
 
 
@@ -412,8 +412,10 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    if args.command == "provision":
-        return provision.run_parsed(args)
+    if args.command == "provision":  # its own YAML and errors; no daemon config
+        from hookd.provision.command import run_parsed
+
+        return run_parsed(args)
     try:
         config = load_config(args.config)
         if args.socket:

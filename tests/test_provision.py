@@ -21,19 +21,17 @@ import jwt
 import pytest
 import yaml
 
-from hookd import provision
+from hookd.duration import parse_duration
 from hookd.errors import ConfigError
-from hookd.provision import (
+from hookd.provision import command, spec
+from hookd.provision.admin import AtticAdmin, CacheState
+from hookd.provision.claims import (
     CLAIM_NAMESPACE,
-    AtticAdmin,
-    TokenSpec,
     caches_claim,
-    parse_duration,
-    parse_retention,
     patterns_overlap,
     permission_for,
-    shadowed_grants,
 )
+from hookd.provision.spec import TokenSpec, parse_retention, shadowed_grants
 from tests.attic_server import FLAGS, AtticTestServer
 
 WRITES = ("POST", "PATCH", "DELETE")
@@ -94,7 +92,7 @@ def run(
     *args: str,
     secrets: tuple[str, ...] = (),
 ) -> Result:
-    code = provision.main(["--config", str(config), *args])
+    code = command.main(["--config", str(config), *args])
     captured = capsys.readouterr()
     result = Result(code, captured.out, captured.err)
     human = result.err if "--json" in args else result.text
@@ -354,7 +352,7 @@ def test_create_race_cache_already_exists_is_converged(
     original_get = AtticAdmin.get
     calls = {"n": 0}
 
-    def racy_get(self: AtticAdmin, cache: str) -> provision.CacheState | None:
+    def racy_get(self: AtticAdmin, cache: str) -> CacheState | None:
         calls["n"] += 1
         state = original_get(self, cache)
         if calls["n"] == 1:
@@ -892,7 +890,7 @@ def test_kubernetes_example_is_consistent() -> None:
     docs = list(yaml.safe_load_all((ROOT / "examples" / "k8s" / "provision-job.yaml").read_text()))
     kinds = {d["kind"]: d for d in docs}
     config_map, job = kinds["ConfigMap"], kinds["Job"]
-    cfg = provision.parse_config(
+    cfg = spec.parse_config(
         yaml.safe_load(config_map["data"]["attic.yaml"]),
         source="attic.yaml",
         env={"ATTIC_ADMIN_TOKEN": "x"},
@@ -988,7 +986,7 @@ def test_attic_provision_dry_run_prints_no_token(
     admin = admin_env(monkeypatch, srv)
     monkeypatch.setenv("ATTIC_SERVER_URL", srv.url)
     config = write_config(tmp_path, ATTIC_PROVISION_EXAMPLE)
-    code = provision.main(["--config", str(config), "--dry-run"], prog="attic-provision")
+    code = command.main(["--config", str(config), "--dry-run"], prog="attic-provision")
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.out == ""  # the plan is human output: stderr, like everything but tokens
@@ -1020,7 +1018,7 @@ def test_without_a_signing_secret_the_error_explains_attics_missing_token_endpoi
     monkeypatch.setenv("ATTIC_ADMIN_TOKEN", srv.root_token(sub="admin"))
     monkeypatch.setenv("ATTIC_SERVER_URL", srv.url)
     config = write_config(tmp_path, ATTIC_PROVISION_EXAMPLE)
-    code = provision.main(["--config", str(config)], prog="attic-provision")
+    code = command.main(["--config", str(config)], prog="attic-provision")
     err = capsys.readouterr().err
     assert code == 2
     assert "POST /api/v1/tokens" in err and "--secret-file" in err
@@ -1036,7 +1034,7 @@ def test_without_a_signing_secret_the_error_explains_attics_missing_token_endpoi
     ],
 )
 def test_attic_provision_token_form(token: str, claim: dict[str, dict[str, int]]) -> None:
-    cfg = provision.parse_config(
+    cfg = spec.parse_config(
         yaml.safe_load(f"server_url: http://a/\ntokens:\n  - {token}\n"), source="t.yaml"
     )
     assert cfg.tokens[0].caches_claim() == claim
@@ -1058,7 +1056,7 @@ def test_attic_provision_token_form(token: str, claim: dict[str, dict[str, int]]
 def test_attic_provision_token_form_errors(token: str, message: str) -> None:
     raw = yaml.safe_load(f"server_url: http://a/\ntokens:\n  - {token}\n")
     with pytest.raises(ConfigError) as err:
-        provision.parse_config(raw, source="t.yaml")
+        spec.parse_config(raw, source="t.yaml")
     assert message in str(err.value)
 
 

@@ -22,10 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hookd.errors import ConfigError, ProvisionError
 from hookd.provision.claims import CACHE_PATTERN_RE, CLAIM_NAMESPACE
-from hookd.provision.spec import ProvisionConfig, TokenSpec
-
-ENV_HS256 = "ATTIC_SERVER_TOKEN_HS256_SECRET_BASE64"
-ENV_RS256 = "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64"
+from hookd.provision.spec import ENV_HS256, ENV_RS256, ProvisionConfig, TokenSpec
 
 
 def iso(ts: float) -> str:

@@ -59,6 +59,8 @@ JWT_KEYS = ("token_bound_issuer", "token_bound_audiences")
 
 ENV_SERVER_URL = "ATTIC_SERVER_URL"
 ENV_ADMIN_TOKEN = "ATTIC_ADMIN_TOKEN"
+ENV_HS256 = "ATTIC_SERVER_TOKEN_HS256_SECRET_BASE64"
+ENV_RS256 = "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64"
 
 GLOBAL: Literal["global"] = "global"
 Retention = int | Literal["global"]  # seconds (0 = never expire) or the server-wide default
