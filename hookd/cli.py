@@ -18,11 +18,17 @@ from hookd import __version__
 from hookd import protocol as proto
 from hookd.config import Config, load_config
 from hookd.duration import is_duration, parse_duration
-from hookd.errors import ConfigError, HookdError
+from hookd.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    HookdError,
+    exit_status,
+)
 from hookd.logs import setup_logging
 from hookd.provision import options as provision_options
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 class DaemonUnreachable(HookdError):
@@ -154,7 +160,7 @@ def _wait_for(
             if progress:
                 sys.stderr.write("\n")
             print("timed out: the queue is not drained yet (see `hookd status`)", file=sys.stderr)
-            return EXIT_FAIL
+            return EXIT_FAILURE
 
 
 def _draw_progress(reply: dict[str, Any], paths: list[str] | None) -> None:
@@ -188,7 +194,7 @@ def _report_settled(reply: dict[str, Any], paths: list[str] | None) -> int:
         for target, c in sorted(reply.get("targets", {}).items()):
             bad += c.get("failed", 0) + c.get("parked", 0)
             print(f"{target}: done {c['done']}, failed {c['failed']}, parked {c['parked']}")
-    return EXIT_FAIL if bad else EXIT_OK
+    return EXIT_FAILURE if bad else EXIT_OK
 
 
 def cmd_wait(args: argparse.Namespace, config: Config) -> int:
@@ -334,7 +340,7 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
         print(f"daemon: running (pid {reply.get('pid')}) at {config.socket}")
     except DaemonUnreachable as e:
         print(f"daemon: {e}")
-    return EXIT_FAIL if problems else EXIT_OK
+    return EXIT_FAILURE if problems else EXIT_OK
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -422,17 +428,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = _with_socket(config, args.socket)
         setup_logging(config.log_format, config.log_level)
         return COMMANDS[args.command](args, config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return EXIT_USAGE
     except proto.ProtocolError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return EXIT_USAGE
     except HookdError as e:
         print(str(e), file=sys.stderr)
-        return EXIT_FAIL
+        return exit_status(e)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _with_socket(config: Config, socket_path: Path) -> Config:

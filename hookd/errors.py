@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# Exit status of every hookd command: the same for `hookd …`, `hookd provision` and
+# `attic-provision`.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
 
 class HookdError(Exception):
     """Base class for every error hookd reports to a user."""
@@ -94,3 +98,8 @@ class RedirectError(ParkedError):
 class ProvisionError(HookdError):
     """`hookd provision`: the server, the credentials or the current state prevent provisioning
     (exit 1; a ConfigError, exit 2, means the YAML or the command line is wrong)."""
+
+
+def exit_status(error: HookdError) -> int:
+    """A wrong configuration or command line is a usage error (2); anything else a failure (1)."""
+    return EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILURE

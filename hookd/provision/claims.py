@@ -1,8 +1,7 @@
 """Attic's token claim: permission flags, cache-name patterns and the first-match lookup.
 
 Attic looks a cache name up in the ``caches`` object of the claim: the exact key first, then the
-FIRST matching pattern in JSON order, with no merging (Attic issue #133). docs/attic-api.md
-describes the claim.
+FIRST matching pattern in JSON order, with no merging (Attic issue #133).
 """
 
 from __future__ import annotations

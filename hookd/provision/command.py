@@ -28,7 +28,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hookd.duration import format_duration
-from hookd.errors import ConfigError, HookdError
+from hookd.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    HookdError,
+    exit_status,
+)
 from hookd.provision.admin import AtticAdmin
 from hookd.provision.keys import (
     AdminToken,
@@ -65,8 +72,6 @@ from hookd.provision.spec import (
     load_config,
 )
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "hookd provision") -> int:
     """Entry point for ``hookd provision ARGS…`` (argv excludes the word "provision")."""
@@ -89,15 +94,12 @@ def run_parsed(args: argparse.Namespace, *, netrc_on_stdout: bool = False) -> in
     out = Output(sys.stdout, sys.stderr, json_mode=args.json or stdout_mode)
     try:
         return run(args, out, os.environ)
-    except ConfigError as e:
-        out.error(str(e))
-        return EXIT_USAGE
     except HookdError as e:
         out.error(str(e))
-        return EXIT_FAILURE
+        return exit_status(e)
     except KeyboardInterrupt:
         out.error("error: interrupted")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _destination(args: argparse.Namespace) -> str | None:
