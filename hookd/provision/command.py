@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from hookd.duration import format_duration
 from hookd.errors import (
@@ -102,7 +103,11 @@ def run_parsed(args: argparse.Namespace, *, netrc_on_stdout: bool = False) -> in
         return EXIT_INTERRUPTED
 
 
-def _destination(args: argparse.Namespace) -> str | None:
+# Where minted tokens go; "stdout" is attic-provision's netrc lines when no option says otherwise.
+Destination = Literal["output-dir", "netrc", "json", "stdout"]
+
+
+def _destination(args: argparse.Namespace) -> Destination | None:
     if args.output_dir is not None:
         return "output-dir"
     if args.netrc is not None:
