@@ -31,6 +31,7 @@ from hookd.provision.claims import (
     patterns_overlap,
     permission_for,
 )
+from hookd.provision.output import PullSettings, write_nix_config
 from hookd.provision.spec import TokenSpec, parse_retention, shadowed_grants
 from tests.attic_server import FLAGS, AtticTestServer
 
@@ -1155,3 +1156,28 @@ def test_provision_is_a_subcommand_of_hookds_parser() -> None:
         True,
         True,
     )
+
+
+def test_nix_config_strings_are_escaped(tmp_path: Path) -> None:
+    """Whatever a URL or key holds, the .nix file evaluates to the same values as the JSON."""
+    nix_instantiate = shutil.which("nix-instantiate")
+    if nix_instantiate is None:
+        pytest.skip("nix-instantiate not found: scripts/setup.sh installs Nix")
+    caches = [
+        PullSettings("a", 'http://h/a"b${x}\\c$', "a:k${y}=", public=True),
+        PullSettings("b", "http://h/b", None, public=False),  # no key: substituter only
+    ]
+    path = tmp_path / "caches.nix"
+    write_nix_config(path, caches, "t.yaml")
+    proc = subprocess.run(
+        [nix_instantiate, "--eval", "--strict", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "substituters": ['http://h/a"b${x}\\c$', "http://h/b"],
+        "trusted-public-keys": ["a:k${y}="],
+    }
