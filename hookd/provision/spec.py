@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-import yaml
-
+from hookd import yamlfile
 from hookd.duration import format_duration, parse_duration
 from hookd.errors import ConfigError
 from hookd.provision.claims import (
@@ -173,28 +172,6 @@ def shadowed_grants(spec: TokenSpec) -> list[str]:
 # Loading the YAML
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
-
-
 def _mapping(value: object, where: str, allowed: Sequence[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {_kind(value)}")
@@ -239,17 +216,7 @@ def _integer(value: object, where: str) -> int:
 
 
 def load_config(path: Path, env: Mapping[str, str]) -> ProvisionConfig:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    raw = yamlfile.load(path)  # hookd's one YAML reader: duplicate keys are refused
     return parse_config(raw, source=str(path), base_dir=path.parent, env=env)
 
 
