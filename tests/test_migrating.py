@@ -212,7 +212,13 @@ def test_attic_provision_yaml(tmp_path: Path) -> None:
     with AtticTestServer(algorithm="HS256") as srv:
         admin = srv.make_token({"*": FLAGS}, sub="admin")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTIC_", "HOOKD_"))}
-        env.update(ATTIC_SERVER_URL=srv.url, ATTIC_ADMIN_TOKEN=admin)
+        # the signing secret too: tokens are minted with it (Attic has no token endpoint), and
+        # a dry run checks it like every other input
+        env.update(
+            ATTIC_SERVER_URL=srv.url,
+            ATTIC_ADMIN_TOKEN=admin,
+            ATTIC_SERVER_TOKEN_HS256_SECRET_BASE64=srv.hs256_secret_b64,
+        )
         proc = subprocess.run(
             [HOOKD, "provision", "--config", str(config), "--dry-run"],
             capture_output=True,
@@ -220,11 +226,6 @@ def test_attic_provision_yaml(tmp_path: Path) -> None:
             timeout=60,
             env=env,
             check=False,
-        )
-    if proc.returncode == 2 and "unknown key 'cache'" in proc.stderr:
-        pytest.skip(
-            "hookd provision does not read attic-provision's YAML yet (issue 11, deliverable 4): "
-            + proc.stderr.strip()
         )
     assert proc.returncode == 0, proc.stderr
     assert "my-project" in proc.stdout + proc.stderr
