@@ -31,7 +31,7 @@ from hookd.provision.claims import (
     patterns_overlap,
     permission_for,
 )
-from hookd.provision.output import PullSettings, write_nix_config
+from hookd.provision.output import PullSettings, render_json_config, write_nix_config
 from hookd.provision.spec import TokenSpec, parse_retention, shadowed_grants
 from tests.attic_server import FLAGS, AtticTestServer
 
@@ -1181,3 +1181,16 @@ def test_nix_config_strings_are_escaped(tmp_path: Path) -> None:
         "substituters": ['http://h/a"b${x}\\c$', "http://h/b"],
         "trusted-public-keys": ["a:k${y}="],
     }
+
+
+def test_the_modules_fixture_is_what_provision_writes() -> None:
+    """tests/nix/data/provision-nix-config.json feeds the pull modules' tests (pull.nixConfigFile):
+    it must stay exactly what `--nix-config FILE.json` writes."""
+    fixture = json.loads(
+        (ROOT / "tests" / "nix" / "data" / "provision-nix-config.json").read_text()
+    )
+    caches = [
+        PullSettings(url.rsplit("/", 1)[1], url, key, public=False)
+        for url, key in zip(fixture["substituters"], fixture["trusted-public-keys"], strict=True)
+    ]
+    assert json.loads(render_json_config(caches)) == fixture
