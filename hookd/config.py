@@ -59,6 +59,7 @@ UPLOAD_KEYS = {
     "stop_timeout",
     "batch_window",
     "remember_pushed",
+    "max_timeouts",
 }
 NIX_KEYS = {"bin_dir", "timeout", "dump_timeout", "gc_roots"}
 LOG_KEYS = {"format", "level"}
@@ -124,6 +125,7 @@ class UploadConfig:
     remember_pushed: float = 3600.0  # trust "the cache has it" this long, then ask again
     batch_window: float = 0.2  # after idle, wait this long so a burst of builds shares a batch
     stop_timeout: float = 20.0  # on SIGTERM, in-flight uploads get this long; the rest stays queued
+    max_timeouts: int = 3  # gateway-timed-out push rounds of one path before it is dead-lettered
 
 
 @dataclass(frozen=True)
@@ -363,7 +365,7 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         },
     )
     u = r.mapping(top.get("upload"), "upload", UPLOAD_KEYS)
-    ints = {"concurrency", "retry_attempts", "batch_size", "breaker_threshold"}
+    ints = {"concurrency", "retry_attempts", "batch_size", "breaker_threshold", "max_timeouts"}
     upload_kwargs: dict[str, Any] = {}
     for k, v in u.items():
         if k == "ignore_upstream":

@@ -22,6 +22,7 @@ from hookd.errors import (
     CorruptUploadError,
     NixError,
     ParkedError,
+    PermanentError,
     PushError,
     TransientError,
 )
@@ -33,6 +34,7 @@ log = structlog.get_logger("hookd.pusher")
 
 PARK_RECHECK = 900.0  # a parked target is probed again after this long even if nothing changed
 BURST_QUIET = 0.05  # seconds without new work that end a burst
+DEFAULT_MAX_TIMEOUTS = 3  # = UploadConfig.max_timeouts
 
 
 class ClosureSource(Protocol):
@@ -81,6 +83,48 @@ class Breaker:
         return "open" if self.allow() > 0 else "closed"
 
 
+def timed_out(err: Exception) -> bool:
+    """HTTP 504: a gateway (nginx, Traefik, a load balancer) gave up waiting for the server's
+    answer. For one upload this usually repeats on every try (the server needs longer for this
+    NAR than the proxy waits), so retrying it forever would only resend the same bytes."""
+    return isinstance(err, PushError) and err.status == 504
+
+
+class TimeoutBudget:
+    """How many push rounds in a row each root's upload timed out at a gateway.
+
+    A round is one claim of the item (``upload.retry_attempts`` tries in the target, with
+    backoff). After ``limit`` such rounds the root is dead-lettered with an explanation instead
+    of being retried forever; any other outcome resets its count. Whole-batch timeouts (the
+    server's API as a whole not answering) are an outage, not this, and stay retried behind the
+    breaker. The counts live in memory: a restarted daemon grants a fresh budget.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._rounds: dict[str, int] = {}
+
+    def forget(self, roots: Sequence[str]) -> None:
+        for root in roots:
+            self._rounds.pop(root, None)
+
+    def count(self, root: str, err: PushError) -> PermanentError | None:
+        """Count one timed-out round; the dead-letter error once the budget is spent."""
+        n = self._rounds.get(root, 0) + 1
+        if n < self.limit:
+            self._rounds[root] = n
+            return None
+        self._rounds.pop(root, None)
+        return PermanentError(
+            f"gave up after {n} push round(s) that each timed out at a gateway (last: {err}). "
+            "The server needs longer to answer this upload than a reverse proxy in front of it "
+            "waits: raise the proxy's upstream read timeout (nginx `proxy_read_timeout`, "
+            f"default 60s), then run `hookd retry {root}`. (`upload.max_timeouts` sets how many "
+            "rounds hookd tries first.)",
+            status=err.status,
+        )
+
+
 def closure_of(root: str, graph: dict[str, PathInfo]) -> set[str]:
     seen: set[str] = set()
     stack = [root]
@@ -117,6 +161,7 @@ class TargetWorker:
         on_progress: Callable[[], None],
         batch_window: float = 0.0,
         remember: float = 3600.0,
+        max_timeouts: int = DEFAULT_MAX_TIMEOUTS,
     ) -> None:
         self.target = target
         self.queue = queue
@@ -130,6 +175,7 @@ class TargetWorker:
         self.progress = on_progress
         self.stats = TargetStats()
         self.busy = False
+        self.timeouts = TimeoutBudget(max_timeouts)
 
     async def run(self, stopping: asyncio.Event) -> None:
         idle = False
@@ -243,6 +289,7 @@ class TargetWorker:
             else:
                 by_error.setdefault(root, report.failed[failed[0]])
         if done:
+            self.timeouts.forget(done)
             await self.queue.mark_done(tid, done, ())
         for root, err in by_error.items():
             await self._apply(root, attempts, err)
@@ -265,7 +312,15 @@ class TargetWorker:
         )
 
     async def _apply(self, root: str, attempts: dict[str, int], err: Exception) -> None:
-        if isinstance(err, TransientError):
+        if not timed_out(err):
+            self.timeouts.forget([root])
+        if isinstance(err, TransientError) and timed_out(err):
+            given_up = self.timeouts.count(root, err)
+            if given_up is not None:
+                await self._fail([root], given_up)
+            else:
+                await self._transient([root], attempts, err)
+        elif isinstance(err, TransientError):
             await self._transient([root], attempts, err)
         elif isinstance(err, AuthError | ParkedError):
             await self._park([root], err)

@@ -18,6 +18,25 @@ if ! command -v nix-build >/dev/null 2>&1; then
   $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends nix-bin >/dev/null
 fi
 
+# nginx: the tests run the Attic test server behind a real reverse proxy (a private,
+# foreground nginx per test on a loopback port; the package's own service is never used).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  say "installing Debian's nginx (apt-get) for the reverse-proxy tests…"
+  export DEBIAN_FRONTEND=noninteractive
+  # Keep the package from starting its system service on port 80 (containers without a
+  # policy-rc.d of their own): a temporary policy that denies service starts.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+  fi
+  $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null
+  $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends nginx >/dev/null \
+    || say "could not install nginx: the reverse-proxy tests will skip"
+  if [ -n "$policy" ]; then $SUDO rm -f "$policy"; fi
+fi
+
 # Our nix.conf: written when absent or when it is ours (marker), never over a user's own file.
 MARK="# managed by hookd scripts/setup.sh"
 CONF=/etc/nix/nix.conf

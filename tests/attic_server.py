@@ -52,6 +52,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -189,6 +190,23 @@ def _json_error(status: int, kind: str, message: str) -> HttpError:
 
 def plain_error(status: int, text: str, kind: str, close: bool = False) -> HttpError:
     return HttpError(status, text.encode(), "text/plain; charset=utf-8", kind, close=close)
+
+
+def _client_stays(x: _Exchange, seconds: float) -> bool:
+    """Wait ``seconds`` before answering; False as soon as the client closes the connection."""
+    deadline = time.monotonic() + seconds
+    sock = x.h.connection
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([sock], [], [], min(left, 0.05))
+        if readable:
+            try:
+                if not sock.recv(1, socket.MSG_PEEK):
+                    return False
+            except OSError:
+                return False
+            # pipelined bytes of a next request: the client is still there
+            time.sleep(min(left, 0.05))
+    return True
 
 
 class _ClientGone(Exception):
@@ -533,6 +551,10 @@ class Faults:
     reset_rate: float = 0.0
     status_script: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
     slow_body_delay: float = 0.0
+    # upload-path: seconds between reading the whole body and answering (an atticd busy
+    # compressing and writing to its storage). A client (or proxy) that gives up meanwhile
+    # cancels the upload, as a dropped axum handler does: nothing is stored.
+    upload_response_delay: float = 0.0
     max_body_size: int | None = None
     include_binary_cache: bool = False  # fail_rate also hits the binary-cache routes
     # status_script answers are written one byte per trickle_delay seconds (each read is
@@ -563,6 +585,7 @@ class Faults:
             self.reset_rate = 0.0
             self.status_script.clear()
             self.slow_body_delay = 0.0
+            self.upload_response_delay = 0.0
             self.max_body_size = None
             self.include_binary_cache = False
             self.trickle_delay = 0.0
@@ -1912,6 +1935,9 @@ class AtticTestServer:
             return
         unchunked = self.nar_size_threshold == 0 or info.nar_size < self.nar_size_threshold
         nar, frac, new_chunks = self._store_nar(x, info, unchunked)
+        if not _client_stays(x, self.faults.upload_response_delay):
+            os.unlink(nar.path)
+            raise _ClientGone()
         with self._lock:
             if info.nar_hash in self._nars:  # a concurrent upload won the race
                 os.unlink(nar.path)
