@@ -25,9 +25,14 @@ let
 in
 {
   packages = forAllSystems (
-    _: pkgs: rec {
+    system: pkgs:
+    rec {
       hookd = pkgs.callPackage ./package.nix { };
       default = hookd;
+    }
+    # Linux containers only; `nix build .#oci-image` (docs/kubernetes.md).
+    // lib.optionalAttrs (lib.hasSuffix "-linux" system) {
+      oci-image = pkgs.callPackage ./oci-image.nix { hookd = self.packages.${system}.hookd; };
     }
   );
 

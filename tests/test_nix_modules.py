@@ -1120,7 +1120,9 @@ class TestFlake:
         ]
         systems = ["aarch64-darwin", "aarch64-linux", "x86_64-darwin", "x86_64-linux"]
         assert flake["systems"] == systems
-        assert all(flake["packageNames"][s] == ["default", "hookd"] for s in systems)
+        for s in systems:
+            linux = ["oci-image"] if s.endswith("-linux") else []
+            assert flake["packageNames"][s] == ["default", "hookd", *linux]
         # attic-client, attic-client-darwin: nix-attic-infra's module names, kept for its users.
         assert flake["modules"]["nixos"] == ["attic-client", "attic-post-build-hook", "default"]
         assert flake["modules"]["darwin"] == ["attic-post-build-hook", "default"]
@@ -1133,6 +1135,22 @@ class TestFlake:
         assert flake["checks"]["x86_64-linux"] == ["nix-parse", "nixos-module", "package"]
         assert flake["checks"]["aarch64-darwin"] == ["nix-parse", "package"]
         assert list(flake["inputs"]) == ["nixpkgs"]
+
+    def test_oci_image(self, flake: Any) -> None:
+        """`nix build .#oci-image` (Linux): what Kubernetes runs (examples/k8s/)."""
+        image = flake["ociImage"]
+        hookd = image["hookd"]
+        assert (image["name"], image["tag"]) == ("hookd", "0.1.0")
+        assert {"hookd-0.1.0", "nix", "cacert", "fake-nss", "nix.conf"} <= set(image["contents"])
+        config = image["config"]
+        assert config["Entrypoint"] == [f"{hookd}/bin/hookd"] and config["Cmd"] == ["daemon"]
+        env = dict(e.split("=", 1) for e in config["Env"])
+        assert env["HOOKD_CONFIG"] == "/etc/hookd/config.yaml"
+        assert f"{hookd}/bin" in env["PATH"].split(":") and env["SSL_CERT_FILE"].endswith(".crt")
+        assert config["Labels"]["org.hookd.post-build-hook"] == f"{hookd}/libexec/hookd/hookd-hook"
+        # a single-user store in a container: no build users, no sandbox
+        assert "build-users-group =\n" in image["nixConf"] and "sandbox = false" in image["nixConf"]
+        assert "chmod 1777 tmp" in image["extraCommands"]
 
     def test_package(self, flake: Any) -> None:
         p = flake["package"]

@@ -236,6 +236,12 @@ let
       substituteAll = args: fakeDrv (args.name or "substituted") { inherit args; };
       symlinkJoin = args: fakeDrv args.name { inherit (args) paths; };
       buildEnv = args: fakeDrv args.name { inherit (args) paths; };
+      writeTextDir = path: text: fakeDrv (baseNameOf path) { inherit path text; };
+      # the image keeps its arguments, so a test can read back what it would contain
+      dockerTools = {
+        buildLayeredImageWithNixDb = args: fakeDrv "${args.name}.tar.gz" { inherit args; };
+        fakeNss = fakeDrv "fake-nss" { };
+      };
 
       python3Packages =
         lib.genAttrs [

@@ -56,4 +56,15 @@ in
     path = toString t.path;
   }) flake.templates;
   checks = lib.mapAttrs (_: builtins.attrNames) flake.checks;
+  ociImage =
+    let
+      image = flake.packages.x86_64-linux.oci-image;
+    in
+    {
+      inherit (image.args) name tag config;
+      contents = map (c: c.name) image.args.contents;
+      nixConf = (lib.findFirst (c: c.name == "nix.conf") null image.args.contents).text;
+      extraCommands = image.args.extraCommands;
+      hookd = toString pkg;
+    };
 }
