@@ -2,6 +2,7 @@
 # `hookd provision` as a Job (examples/k8s/). It carries Nix itself, with the image's store
 # registered in its Nix database, so the same image can be a builder whose /nix a hookd
 # container shares (examples/k8s/hookd-builder.yaml), and the store target (`nix copy`) works.
+# The post-build hook for such builders is /bin/hookd-post-build-hook.
 #
 #   nix build .#oci-image                        # on Linux; a docker-archive tarball
 #   docker load < result                         # → hookd:<version>
@@ -19,10 +20,18 @@
   coreutils,
   bashInteractive,
   writeTextDir,
+  writeShellScriptBin,
   tag ? hookd.version,
 }:
 
 let
+  # For builders that share this image's /nix: `post-build-hook = /bin/hookd-post-build-hook`
+  # hands the build to the hookd container through the socket and spool they share.
+  postBuildHook = writeShellScriptBin "hookd-post-build-hook" ''
+    exec ${hookd}/libexec/hookd/hookd-hook \
+      --socket "''${HOOKD_SOCKET:-/run/hookd/hookd.sock}" \
+      --spool "''${HOOKD_SPOOL_DIR:-/var/lib/hookd/spool}"
+  '';
   nixConf = writeTextDir "etc/nix/nix.conf" ''
     build-users-group =
     sandbox = false
@@ -39,6 +48,7 @@ dockerTools.buildLayeredImageWithNixDb {
     coreutils
     bashInteractive
     nixConf
+    postBuildHook
     dockerTools.fakeNss # /etc/passwd and /etc/group with root and nobody
   ];
   extraCommands = ''
@@ -63,8 +73,7 @@ dockerTools.buildLayeredImageWithNixDb {
       "USER=root"
       "HOME=/root"
     ];
-    # the fast post-build hook, for builders that share this image's /nix
-    Labels."org.hookd.post-build-hook" = "${hookd}/libexec/hookd/hookd-hook";
+    Labels."org.hookd.post-build-hook" = "/bin/hookd-post-build-hook";
     Volumes."/var/lib/hookd" = { };
   };
 }

@@ -1147,7 +1147,9 @@ class TestFlake:
         env = dict(e.split("=", 1) for e in config["Env"])
         assert env["HOOKD_CONFIG"] == "/etc/hookd/config.yaml"
         assert f"{hookd}/bin" in env["PATH"].split(":") and env["SSL_CERT_FILE"].endswith(".crt")
-        assert config["Labels"]["org.hookd.post-build-hook"] == f"{hookd}/libexec/hookd/hookd-hook"
+        assert config["Labels"]["org.hookd.post-build-hook"] == "/bin/hookd-post-build-hook"
+        assert "hookd-post-build-hook" in image["contents"]
+        assert f"exec {hookd}/libexec/hookd/hookd-hook" in image["hookScript"]
         # a single-user store in a container: no build users, no sandbox
         assert "build-users-group =\n" in image["nixConf"] and "sandbox = false" in image["nixConf"]
         assert "chmod 1777 tmp" in image["extraCommands"]

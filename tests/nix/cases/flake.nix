@@ -65,6 +65,7 @@ in
       contents = map (c: c.name) image.args.contents;
       nixConf = (lib.findFirst (c: c.name == "nix.conf") null image.args.contents).text;
       extraCommands = image.args.extraCommands;
+      hookScript = (lib.findFirst (c: c.name == "hookd-post-build-hook") null image.args.contents).text or null;
       hookd = toString pkg;
     };
 }
