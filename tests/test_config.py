@@ -189,6 +189,7 @@ upload:
   stop_timeout: 5
   batch_window: 0.05
   remember_pushed: 60
+  max_timeouts: 5
 nix:
   bin_dir: /opt/nix/bin
   timeout: 30
@@ -255,6 +256,7 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
         stop_timeout=5,
         batch_window=0.05,
         remember_pushed=60,
+        max_timeouts=5,
     )
     assert c.nix == NixConfig(
         bin_dir=Path("/opt/nix/bin"), timeout=30, dump_timeout=600, gc_roots=False

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from hookd.backoff import Backoff
+from hookd.errors import PermanentError, TransientError
 from hookd.models import PathInfo
-from hookd.pusher import Breaker, closure_of
+from hookd.pusher import Breaker, TimeoutBudget, closure_of, timed_out
 from hookd.queue import Queue
 
 
@@ -107,3 +108,22 @@ def test_park_pending_parks_every_pending_item_of_the_target_only(tmp_path: Path
             q.close()
 
     asyncio.run(run())
+
+
+def test_a_path_timed_out_at_a_gateway_is_given_up_after_the_budget_with_the_fix() -> None:
+    err = TransientError("upload-path on server prod: HTTP 504: 504 Gateway Time-out", status=504)
+    assert timed_out(err)
+    assert not timed_out(TransientError("HTTP 502", status=502))
+    assert not timed_out(TransientError("cannot connect"))  # an outage, not a slow upload
+    budget = TimeoutBudget(3)
+    a, b = "/nix/store/" + "a" * 32 + "-a", "/nix/store/" + "b" * 32 + "-b"
+    assert budget.count(a, err) is None and budget.count(a, err) is None
+    assert budget.count(b, err) is None  # counted per path
+    given_up = budget.count(a, err)
+    assert isinstance(given_up, PermanentError) and given_up.status == 504
+    assert "gave up after 3" in str(given_up) and "proxy_read_timeout" in str(given_up)
+    assert f"hookd retry {a}" in str(given_up)
+    assert budget.count(a, err) is None  # a retried path starts a fresh budget
+    budget.forget([b])  # any other outcome resets the count
+    assert budget.count(b, err) is None and budget.count(b, err) is None
+    assert isinstance(budget.count(b, err), PermanentError)
