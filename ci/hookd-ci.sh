@@ -40,7 +40,7 @@ CONF=$DIR/config.yaml
 LOG=$DIR/daemon.log
 say() { printf '[hookd-ci] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 2; }
-truthy() { case "${1,,}" in 1 | true | yes | on) return 0 ;; *) return 1 ;; esac; }
+truthy() { case "$1" in 1 | [Tt]rue | TRUE | [Yy]es | YES | [Oo]n | ON) return 0 ;; *) return 1 ;; esac; }
 on_github() { [ -n "${GITHUB_ENV:-}" ]; }
 
 hookd_bin() {
@@ -112,8 +112,14 @@ write_config() {
   } >"$CONF"
 }
 
-# A YAML scalar that is also JSON: safe for any URL or path.
-json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
+# A double-quoted YAML scalar (also JSON) for any URL or path; no python3 needed (nixos/nix).
+json() {
+  local s=$1
+  case "$s" in *[[:cntrl:]]*) die "control character in a value: $(printf %q "$s")" ;; esac
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  printf '"%s"\n' "$s"
+}
 
 # The post-build hook the runner's Nix runs: chains a hook that was already configured (its
 # failure logged, never fatal), then hands the paths to hookd (always exits 0).
@@ -184,7 +190,10 @@ cmd_start() {
   fi
   date +%s >"$DIR/started"
   # The token reaches the daemon only through its file, never through the environment.
-  env -u HOOKD_CI_TOKEN -u NIX_CONFIG setsid "$bin/hookd" daemon --config "$CONF" \
+  local detach=""
+  if command -v setsid >/dev/null 2>&1; then detach=setsid; fi # own session: no job-control signals
+  # shellcheck disable=SC2086 # $detach is empty or one word
+  env -u HOOKD_CI_TOKEN -u NIX_CONFIG $detach "$bin/hookd" daemon --config "$CONF" \
     </dev/null >>"$LOG" 2>&1 &
   echo $! >"$DIR/daemon.pid"
   local deadline=$((SECONDS + 30))

@@ -2,6 +2,8 @@
 # Install everything hookd needs on a Debian machine, idempotently:
 #   - Debian's Nix (nix-bin) if no nix is on PATH, configured for a root single-user store
 #     without sandbox/nixbld users (Debian's build has no sandbox shell);
+#   - Debian's nginx for the reverse-proxy tests (never started as a service: each test runs
+#     its own in the foreground);
 #   - a Python venv at .venv with hookd and its test dependencies.
 # Usage: scripts/setup.sh            (as root or with sudo available)
 set -euo pipefail

@@ -189,6 +189,18 @@ http {{
             lines.append(line)
         return lines
 
+    def logged(
+        self, count: int, *, status: int | None = None, path_prefix: str = "", timeout: float = 15
+    ) -> list[str]:
+        """The matching access-log lines once there are at least ``count`` of them. nginx logs a
+        request after its response went out, so a client can be a step ahead of the log."""
+        deadline = time.monotonic() + timeout
+        while len(lines := self.requests(status, path_prefix)) < count:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # polling the log with a deadline
+        return lines
+
     def __enter__(self) -> Nginx:
         return self.start()
 
