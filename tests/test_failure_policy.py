@@ -461,3 +461,62 @@ async def until_async(get: Callable[[], Awaitable[str]], want: str, timeout: flo
     while (got := await get()) != want:
         assert time.monotonic() < deadline, f"still {got}, expected {want}"
         await asyncio.sleep(0.01)
+
+
+# -- gateway timeouts: a bounded number of rounds ----------------------------------------------
+
+
+def gateway_timeout() -> TransientError:
+    return TransientError("upload-path on server prod: HTTP 504: 504 Gateway Time-out", status=504)
+
+
+@aio
+async def test_an_upload_a_proxy_times_out_is_retried_then_dead_lettered_after_the_budget(
+    rig: Rig,
+) -> None:
+    await rig.add(APP)
+    rig.target.script = [failing(LIBC, gateway_timeout()) for _ in range(3)]
+    for attempt in (1, 2):
+        before = time.time()
+        await rig.round()
+        it = await rig.item(APP)
+        assert (it.state, it.attempts) == (PENDING, attempt)
+        assert it.due >= before + 0.5 * MIN_BACKOFF * 2 ** (attempt - 1)  # backoff, not a hot loop
+        await rig.make_due(APP)
+    await rig.round()
+    it = await rig.item(APP)
+    assert (it.state, it.attempts) == (FAILED, 3)
+    reason = it.reason or ""
+    assert "gave up after 3" in reason and "proxy_read_timeout" in reason
+    assert f"hookd retry {APP}" in reason and "504" in reason
+    assert len(rig.target.pushed) == 3
+
+
+@aio
+async def test_any_other_outcome_resets_the_timeout_budget(rig: Rig) -> None:
+    await rig.add(APP)
+    rig.target.script = [
+        failing(LIBC, gateway_timeout()),
+        failing(LIBC, gateway_timeout()),
+        failing(LIBC, TransientError("503 from server", status=503)),  # resets the count
+        failing(LIBC, gateway_timeout()),
+        failing(LIBC, gateway_timeout()),
+    ]
+    for _ in range(5):
+        await rig.round()
+        await rig.make_due(APP)
+    it = await rig.item(APP)
+    assert (it.state, it.attempts) == (PENDING, 5)
+    await rig.round()  # the script is used up: pushed
+    assert (await rig.item(APP)).state == DONE
+
+
+@aio
+async def test_a_whole_server_timing_out_is_an_outage_and_never_given_up(rig: Rig) -> None:
+    await rig.add(APP)
+    rig.target.script = [gateway_timeout() for _ in range(5)]  # get-missing-paths answers 504
+    for _ in range(5):
+        await rig.round()
+        await rig.make_due(APP)
+    it = await rig.item(APP)
+    assert (it.state, it.attempts) == (PENDING, 5)
