@@ -36,6 +36,9 @@ Beyond the agreed interface (AtticTestServer, Faults, make_token, create_cache, 
   ``srv.errors`` (tracebacks of unexpected server exceptions; tests should assert it is empty),
   ``srv.faults.include_binary_cache``, ``srv.faults.clear()``, ``delete_cache(name, soft=None)``,
   constructor keywords ``substituter_endpoint``, ``host``, ``port``, ``data_dir``.
+* ``faults.upload_response_delay``: upload-path answers this many seconds after the body's last
+  byte (an atticd busy storing it); a client or proxy that gives up meanwhile cancels the
+  upload (recorded as ``client-gone``, nothing stored), as a dropped axum handler does.
 * "Chunked" uploads (nar_size >= nar_size_threshold > 0) report ``frac_deduplicated`` as a
   number, estimated over fixed 64 KiB blocks (no FastCDC); unchunked ones report null.
 """
