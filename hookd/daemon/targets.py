@@ -84,6 +84,7 @@ def build_workers(
                 batch_size=upload.batch_size,
                 batch_window=upload.batch_window,
                 remember=upload.remember_pushed,
+                max_timeouts=upload.max_timeouts,
                 on_progress=on_progress,
             )
         )
