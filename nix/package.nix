@@ -46,6 +46,7 @@ python3Packages.buildPythonApplication {
 
   dependencies = with python3Packages; [
     httpx
+    sniffio # httpcore imports it per request; see pyproject.toml
     tenacity
     pyyaml
     structlog
