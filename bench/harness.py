@@ -31,6 +31,7 @@ from hookd.errors import HookdError
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH = ROOT / "bench" / "graph.nix"
 HOOK_PY = ROOT / "hookd" / "hook.py"
+HOOK_RUN = ROOT / "hookd" / "hookrun.py"  # the shipped launcher: hook.py from its bytecode
 VENV_BIN = Path(sys.executable).parent
 HOOKD = VENV_BIN / "hookd"
 HOOKD_HOOK = VENV_BIN / "hookd-hook"

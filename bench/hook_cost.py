@@ -30,6 +30,7 @@ def variants(
     py: str, up: Path, down: Path, spool_up: Path, spool_down: Path, sync: Path, pyc: Path
 ) -> dict[str, list[str]]:
     hook = str(h.HOOK_PY)
+    run = str(h.HOOK_RUN)
     return {
         "floor": [py, "-I", "-S", "-c", "pass"],
         "hookd_up": [py, "-I", "-S", hook, "--socket", str(up), "--spool", str(spool_up)],
@@ -38,6 +39,8 @@ def variants(
         "console_down": [str(h.HOOKD_HOOK), "--socket", str(down), "--spool", str(spool_down)],
         "sync": [str(sync)],
         "pyc_up": [py, "-I", "-S", str(pyc), "--socket", str(up), "--spool", str(spool_up)],
+        "run_up": [py, "-I", "-S", run, "--socket", str(up), "--spool", str(spool_up)],
+        "run_down": [py, "-I", "-S", run, "--socket", str(down), "--spool", str(spool_down)],
     }
 
 
@@ -87,6 +90,8 @@ LABELS = {
     "console_down": "hookd hook, console script, daemon down (spools)",
     "sync": "synchronous upload hook (`nix copy --to file://…?compression=none`)",
     "pyc_up": "diagnostic: the same hook from precompiled bytecode (`python3 -I -S hook.pyc`), daemon up",
+    "run_up": "hookd hook, shipped launcher (`python3 -I -S hookrun.py`: hook.py from bytecode), daemon up",
+    "run_down": "hookd hook, shipped launcher, daemon down (spools)",
 }
 
 
@@ -152,6 +157,8 @@ def run(ctx: Any) -> dict[str, Any]:
     spool_down = work / "spool-down"
     daemon = ctx.daemon
     pyc = compile_hook(ctx.py, work / "hook.pyc")
+    # the launcher's import finds hookd/__pycache__/hook.*.pyc, as after scripts/setup.sh
+    subprocess.run([ctx.py, "-I", "-S", "-m", "py_compile", str(h.HOOK_PY)], check=True, timeout=60)
     argvs = variants(ctx.py, daemon.socket, down, spool_up, spool_down, sync, pyc)
     names = list(argvs)
     walls: dict[str, list[float]] = {k: [] for k in names}
@@ -194,7 +201,7 @@ def run(ctx: Any) -> dict[str, Any]:
     perf: dict[str, Any] = {}
     reps = max(5, n // 10)
     env = {**base_env, "DRV_PATH": drvs[-1]}
-    for name in ("floor", "hookd_up", "hookd_down"):
+    for name in ("floor", "hookd_up", "hookd_down", "run_up", "run_down"):
         perf[name] = perf_stat(argvs[name], env, reps, work / f"perf-{name}.csv")
     return {
         "runs": n,

@@ -30,11 +30,17 @@ def blob_sizes_kib(total_mib: int, n: int = 19) -> list[int]:
     return [*sizes, 0, 0][:n]
 
 
-def push_once(ctx: Any, tag: str, roots: list[str], expect: int, **server: Any) -> dict[str, Any]:
-    """Fresh server + fresh daemon; time enqueue → drained; peak RSS; request counts."""
+def push_once(
+    ctx: Any, tag: str, roots: list[str], expect: int, hookd: Path | None = None, **server: Any
+) -> dict[str, Any]:
+    """Fresh server + fresh daemon; time enqueue → drained; peak RSS; request counts.
+
+    ``hookd``: the `hookd` executable to run (another tree's venv, e.g. the baseline)."""
     work = ctx.out / "push" / tag
     attic = h.Attic(work, **server)
     d = h.Daemon(work / "daemon", attic.daemon_settings())
+    if hookd is not None:
+        d.command = [str(hookd), *d.command[1:]]
     try:
         d.start()
         idle_hwm = d.vm_hwm_kib()

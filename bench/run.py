@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import build_loop, burst, hook_cost, push, report
+from bench import build_loop, burst, hook_cost, push, report, scale
 from bench import harness as h
 
 DOCS = h.ROOT / "docs"
@@ -38,6 +38,11 @@ FULL = {
     "noop_rounds": 3,
     "burst_paths": 10_000,
     "mem_mib": 1024,
+    "tiny_paths": 2000,
+    "scale_small": 1000,
+    "scale_paths": 10_000,
+    "scale_rounds": 2,
+    "scale_large_rounds": 1,
 }
 QUICK = {
     "hook_runs": 20,
@@ -49,9 +54,14 @@ QUICK = {
     "noop_rounds": 1,
     "burst_paths": 100,
     "mem_mib": 50,
+    "tiny_paths": 300,
+    "scale_small": 200,
+    "scale_paths": 1000,
+    "scale_rounds": 1,
+    "scale_large_rounds": 1,
 }
 
-FIGURES = ["hook_cost", "build_loop", "throughput", "noop", "burst", "memory"]
+FIGURES = ["hook_cost", "build_loop", "throughput", "noop", "burst", "memory", "scale"]
 
 
 @dataclass
@@ -68,6 +78,12 @@ class Context:
     noop_rounds: int
     burst_paths: int
     mem_mib: int
+    tiny_paths: int
+    scale_small: int
+    scale_paths: int
+    scale_rounds: int
+    scale_large_rounds: int
+    baseline: str = scale.BASELINE
     created: list[str] = field(default_factory=list)
     daemon: h.Daemon | None = None  # shared by figures 1 and 2
     attic: h.Attic | None = None
@@ -193,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=N",
         help=f"override a size ({', '.join(FULL)}); the run is then not written to docs/",
     )
+    ap.add_argument(
+        "--baseline",
+        default=scale.BASELINE,
+        help=f"commit measured side by side with the current tree in figure 7 (default {scale.BASELINE})",
+    )
     args = ap.parse_args(argv)
     only = [f for f in args.only.split(",") if f] or FIGURES
     unknown = set(only) - set(FIGURES)
@@ -214,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--set {item}: expected KEY=N with KEY one of {', '.join(sizes)}")
         sizes[key] = int(value)
     h.GC_ROOTS = out / "gcroots"
-    ctx = Context(out=out, nonce=f"{stamp}-{uuid.uuid4().hex[:6]}", py=py, **sizes)
+    ctx = Context(
+        out=out, nonce=f"{stamp}-{uuid.uuid4().hex[:6]}", py=py, baseline=args.baseline, **sizes
+    )
     data: dict[str, Any] = {
         "schema": 1,
         "mode": "quick" if args.quick else "full",
@@ -233,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "noop": push.noop,
         "burst": burst.run,
         "memory": push.memory,
+        "scale": scale.run,
     }
     try:
         if {"hook_cost", "build_loop"} & set(only):
@@ -257,11 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     data["machine"]["load_average_end"] = os.getloadavg()
     data["total_seconds"] = round(time.time() - started, 1)
     data["goals"] = report.goals(data)
-    (out / "benchmarks.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    # paths relative to the repository: the report must not embed this machine's checkout
+    data = json.loads(json.dumps(data, default=str).replace(str(h.ROOT) + "/", ""))
+    text_json = json.dumps(data, indent=2) + "\n"
+    (out / "benchmarks.json").write_text(text_json)
     (out / "benchmarks.md").write_text(report.render(data))
     write_docs = args.docs or (not args.quick and only == FIGURES and not args.set)
     if write_docs:
-        (DOCS / "benchmarks.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        (DOCS / "benchmarks.json").write_text(text_json)
         (DOCS / "benchmarks.md").write_text(report.render(data))
         h.log(f"wrote {DOCS / 'benchmarks.md'} and {DOCS / 'benchmarks.json'}")
     h.log(f"done in {data['total_seconds']} s; report: {out / 'benchmarks.md'}")

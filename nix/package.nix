@@ -58,13 +58,19 @@ python3Packages.buildPythonApplication {
   # The post-build hook's fast entry point. hookd/hook.py is standalone and stdlib-only: run by
   # the interpreter directly, isolated and without site (-I -S), it starts about as fast as a bare
   # interpreter, where the console script bin/hookd-hook (kept for manual use) pays for site and
-  # the entry-point lookup on every build. The flags are one word on purpose: Linux hands
-  # everything after the interpreter to it as a single argument, and python rejects "-I -S".
+  # the entry-point lookup on every build. libexec/hookd/hookd-hook is hookd/hookrun.py, a tiny
+  # launcher that imports the hook.py next to it from bytecode compiled here (a script given to
+  # python is compiled on every run; an imported module is not). unchecked-hash: the store is
+  # immutable, so python need not even stat the source. The flags are one word on purpose: Linux
+  # hands everything after the interpreter to it as a single argument, and python rejects "-I -S".
   postInstall = ''
     install -d "$out/libexec/hookd"
+    install -m 0644 hookd/hook.py "$out/libexec/hookd/hook.py"
+    ${python3.interpreter} -m compileall -q --invalidation-mode unchecked-hash \
+      "$out/libexec/hookd/hook.py"
     {
       echo "#!${python3.interpreter} -IS"
-      cat hookd/hook.py
+      cat hookd/hookrun.py
     } > "$out/libexec/hookd/hookd-hook"
     chmod 0755 "$out/libexec/hookd/hookd-hook"
   ''

@@ -76,4 +76,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
 fi
+# The hook's launcher (hookd/hookrun.py) imports hook.py from bytecode: write it now, not on the
+# first build (an editable install compiles nothing; the cache tag is per minor version, so the
+# venv's python writes what the system python3.X that runs the hook reads).
+.venv/bin/python -m compileall -q hookd >/dev/null
 say "ready: $(nix --version), $(.venv/bin/python --version)"

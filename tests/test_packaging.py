@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -108,11 +109,16 @@ def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with hookd installed as a user would: a wheel built from this tree, its
     dependencies from the package index this machine is configured for (pip's own config)."""
     where = tmp_path_factory.mktemp("clean-venv") / "venv"
+    # a copy of what the wheel is built from: pip builds in the source tree (build/, egg-info)
+    src = where.parent / "src"
+    shutil.copytree(ROOT / "hookd", src / "hookd", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
     venv.EnvBuilder(with_pip=True, symlinks=True).create(where)
     py = where / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-input", str(ROOT)],
+        [str(py), "-m", "pip", "install", "-q", "--no-input", str(src)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -247,6 +247,7 @@ let
         lib.genAttrs [
           "setuptools"
           "httpx"
+          "sniffio"
           "tenacity"
           "pyyaml"
           "structlog"
