@@ -124,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     spy: subprocess.Popen[bytes] | None = None
     result: dict[str, Any] = {}
     try:
+        # -P: not the current directory first on sys.path (the checkout's hookd), the venv's
+        d.command = [str(hookd), *d.command[1:]]
         if args.tool == "cprofile":
             d.command = [
                 str(python),
+                "-P",
                 "-m",
                 "cProfile",
                 "-o",

@@ -557,6 +557,10 @@ def render(data: dict[str, Any]) -> str:
     sc = f.get("scale")
     if sc:
         render_scale(sc, w)
+        analysis = Path(__file__).resolve().parent / "analysis.md"
+        if analysis.exists():  # hand-written from the profiles (bench/profile.py)
+            w(analysis.read_text().rstrip("\n"))
+            w("")
 
     if data.get("errors"):
         w("## Figures that could not be measured")

@@ -196,3 +196,33 @@ def test_the_hook_imports_only_the_standard_library(clean_venv: Path, tmp_path: 
 
 if sys.platform != "linux":  # pragma: no cover - the venv layout above is POSIX
     pytestmark = pytest.mark.skip(reason="POSIX venv layout")
+
+
+def test_the_launcher_runs_the_hook_from_bytecode(clean_venv: Path, tmp_path: Path) -> None:
+    """hookrun.py as pip installed it: `python -I -S hookrun.py` loads hook.py from the bytecode
+    pip compiled (no compile per build) and behaves as the hook (nothing to queue: exit 0)."""
+    site = subprocess.run(
+        [str(clean_venv), "-I", "-c", "import hookd, os; print(os.path.dirname(hookd.__file__))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+    ).stdout.strip()
+    launcher = Path(site) / "hookrun.py"
+    assert launcher.is_file()
+    proc = subprocess.run(
+        [str(clean_venv), "-I", "-S", "-v", str(launcher)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DRV_PATH": "", "OUT_PATHS": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "nothing to queue" in proc.stderr
+    pyc = [line for line in proc.stderr.splitlines() if line.startswith("# code object from")]
+    assert any("__pycache__/hook." in line for line in pyc), proc.stderr[-3000:]
+    # and nothing from the package's __init__ (the launcher imports hook.py on its own)
+    assert not any("__pycache__/__init__." in line and site in line for line in pyc)
