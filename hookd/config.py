@@ -211,8 +211,10 @@ def default_state_dir() -> Path:
 def default_socket(state_dir: Path) -> Path:
     if env := os.environ.get("HOOKD_SOCKET"):
         return Path(env)
-    if is_root():
-        return Path("/run/hookd/hookd.sock")
+    if is_root():  # macOS has no /run: the state directory, as the nix-darwin module sets it
+        return (
+            state_dir / "hookd.sock" if sys.platform == "darwin" else Path("/run/hookd/hookd.sock")
+        )
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     return Path(runtime) / "hookd" / "hookd.sock" if runtime else state_dir / "hookd.sock"
 

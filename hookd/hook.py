@@ -19,7 +19,11 @@ import os
 import sys
 import time
 
-DEFAULT_SOCKET = "/run/hookd/hookd.sock"
+# macOS has no /run (and its root volume is read-only): the socket lives in the state directory,
+# as the nix-darwin module configures it.
+DEFAULT_SOCKET = (
+    "/var/lib/hookd/hookd.sock" if sys.platform == "darwin" else "/run/hookd/hookd.sock"
+)
 DEFAULT_SPOOL = "/var/lib/hookd/spool"
 BOUND = 2.0  # the whole hook, from exec to exit
 SPOOL_RESERVE = 0.25  # kept back for writing the spool file and exiting
@@ -141,13 +145,15 @@ def _spool(spool_dir: str, payload: bytes) -> str:
 def _age() -> float:
     """Seconds since this process was started: interpreter start-up counts against the bound
     (on a loaded machine it alone can take a second)."""
+    if sys.platform != "linux":
+        return 0.0  # no /proc (macOS): count from here
     try:
         with open("/proc/self/stat", "rb") as f:
             start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
         with open("/proc/uptime", "rb") as f:
             uptime = float(f.read().split()[0])
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except Exception:  # no /proc (macOS): count from here
+    except Exception:  # /proc not mounted (a container or chroot): count from here
         return 0.0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -18,7 +19,7 @@ import structlog
 
 from hookd import nar
 from hookd.errors import NixError
-from hookd.models import PathInfo, sha256_digest
+from hookd.models import PathInfo, nix32_encode, sha256_digest
 
 log = structlog.get_logger("hookd.nix")
 
@@ -27,6 +28,7 @@ ARG_CHUNK = 1000
 DUMP_CHUNK = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SMALL_NAR = 1 << 20  # NARs up to this size are built in-process (verified against narHash)
+_JSON_FORMAT_FLAG: dict[str, bool] = {}  # nix executable -> has `path-info --json-format`
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,27 @@ class Nix:
                 result[info.path] = info
         return list(result.values())
 
+    def _path_info_argv(self) -> list[str]:
+        """``nix path-info --json``, plus ``--json-format 2`` where Nix has it (2.33+: plain
+        ``--json`` is deprecated there and announced to become an error)."""
+        exe = self.exe("nix")
+        if exe not in _JSON_FORMAT_FLAG:
+            probe = self.run_process(
+                ["nix", "path-info", "--json", "--json-format", "2", "--", self.store_dir()],
+                check=False,
+            )
+            # Older Nix and Lix: "unrecognised flag '--json-format'"; any other outcome means
+            # the flag was understood (the store dir itself is not a store path: rc 1 is fine).
+            _JSON_FORMAT_FLAG[exe] = "json-format" not in probe.stderr
+        return [
+            "nix",
+            "path-info",
+            "--json",
+            *(["--json-format", "2"] if _JSON_FORMAT_FLAG[exe] else []),
+        ]
+
     def _path_info_chunk(self, paths: list[str], *, recursive: bool) -> list[PathInfo]:
-        argv = ["nix", "path-info", "--json"]
+        argv = self._path_info_argv()
         proc = self.run_process(
             [*argv, *(["--recursive"] if recursive else []), "--", *paths], check=False
         )
@@ -166,7 +187,7 @@ class Nix:
 
     def paths_registered_since(self, since: float) -> list[PathInfo]:
         """All valid store paths registered at or after ``since`` (seconds since the epoch)."""
-        out = self.run(["nix", "path-info", "--json", "--all"], timeout=max(self.timeout, 600))
+        out = self.run([*self._path_info_argv(), "--all"], timeout=max(self.timeout, 600))
         return [p for p in parse_path_info(out) if (p.registration_time or 0) >= since]
 
     # -- keys, signing, copying ------------------------------------------------------------
@@ -297,33 +318,59 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def parse_path_info(text: str) -> list[PathInfo]:
-    """Parse ``nix path-info --json``: the 2.8 list form and the newer object form (keyed by path)."""
+def path_info_entries(text: str) -> dict[str, dict[str, Any] | None]:
+    """``nix path-info --json`` output of any Nix as ``{full store path: entry or None}``.
+
+    The shapes (docs/nix-versions.md): Nix 2.8-2.18 print a list of objects with ``"path"``
+    (``"valid": false`` for an invalid path); 2.19+ an object keyed by full path (``null`` for an
+    invalid path); 2.33+ with ``--json-format 2``/``3`` wrap it as ``{"version", "storeDir",
+    "info"}`` keyed by base name. ``None`` marks an invalid path.
+    """
     if not text.strip():
-        return []
+        return {}
     try:
         data: Any = json.loads(text)
     except ValueError as e:
         raise NixError(f"path-info printed invalid JSON: {e}") from None
-    items: list[tuple[str, dict[str, Any]]]
     if isinstance(data, list):
-        items = [(d.get("path", ""), d) for d in data]
-    elif isinstance(data, dict):
-        items = [(k, v if isinstance(v, dict) else {"valid": False}) for k, v in data.items()]
-    else:
+        out: dict[str, dict[str, Any] | None] = {}
+        for d in data:
+            if not isinstance(d, dict):
+                raise NixError(f"unexpected path-info list entry of type {type(d).__name__}")
+            out[str(d.get("path", ""))] = None if d.get("valid") is False else d
+        return out
+    if not isinstance(data, dict):
         raise NixError(f"unexpected path-info JSON of type {type(data).__name__}")
+    store_dir = None
+    if isinstance(data.get("version"), int) and isinstance(data.get("info"), dict):
+        store_dir = str(data.get("storeDir") or "/nix/store")
+        data = data["info"]
+    out = {}
+    for key, v in data.items():
+        path = key if store_dir is None or key.startswith("/") else f"{store_dir}/{key}"
+        if v is None or (isinstance(v, dict) and v.get("valid") is False):
+            out[path] = None
+        elif isinstance(v, dict):
+            out[path] = v
+        else:
+            raise NixError(f"unexpected path-info entry for {key!r}: {type(v).__name__}")
+    return out
+
+
+def parse_path_info(text: str) -> list[PathInfo]:
+    """Parse ``nix path-info --json`` of any Nix version (see :func:`path_info_entries`)."""
     infos = []
-    for path, d in items:
-        if d.get("valid") is False or "narHash" not in d:
+    for path, d in path_info_entries(text).items():
+        if d is None or "narHash" not in d:
             continue
         try:
             info = PathInfo(
                 path=path,
                 nar_hash=_nar_hash(d["narHash"]),
                 nar_size=int(d["narSize"]),
-                references=tuple(_full(r, path) for r in d.get("references", [])),
+                references=tuple(_full(r, path) for r in d.get("references") or []),
                 deriver=_full(d["deriver"], path) if d.get("deriver") else None,
-                signatures=tuple(d.get("signatures", []) or []),
+                signatures=tuple(_signature(s) for s in d.get("signatures") or []),
                 ca=_ca(d.get("ca")),
                 registration_time=d.get("registrationTime"),
                 ultimate=bool(d.get("ultimate", False)),
@@ -332,6 +379,13 @@ def parse_path_info(text: str) -> list[PathInfo]:
             raise NixError(f"path-info entry for {path!r} not understood: {e!r}") from None
         infos.append(info)
     return infos
+
+
+def _signature(value: Any) -> str:
+    # --json-format 3 (Nix 2.35+): {"keyName": K, "sig": S}; before: the string "K:S".
+    if isinstance(value, dict):
+        return f"{value['keyName']}:{value['sig']}"
+    return str(value)
 
 
 def _nar_hash(value: Any) -> bytes:
@@ -352,10 +406,21 @@ def _nar_hash(value: Any) -> bytes:
     return sha256_digest(str(value))
 
 
+_CA_METHOD_PREFIX = {"text": "text:", "flat": "fixed:", "nar": "fixed:r:", "git": "fixed:git:"}
+
+
 def _ca(value: Any) -> str | None:
+    """The content address as narinfo's ``CA:`` string (what Attic and narinfo take).
+
+    ``--json-format 2``+ (Nix 2.33+) gives ``{"method": M, "hash": SRI}`` instead of the string.
+    """
     if value is None or isinstance(value, str):
         return value
-    return None  # structured CA (newer Nix) is not needed for pushing; Attic takes the string form
+    if isinstance(value, dict) and value.get("method") in _CA_METHOD_PREFIX:
+        algo, _, b64 = str(value["hash"]).partition("-")
+        digest = base64.b64decode(b64, validate=True)
+        return f"{_CA_METHOD_PREFIX[value['method']]}{algo}:{nix32_encode(digest)}"
+    raise ValueError(f"content address not understood: {value!r}")
 
 
 def _full(ref: str, path: str) -> str:

@@ -96,7 +96,7 @@ create() {
     apt-get -f install -y -qq >/dev/null && dpkg --configure -a' >>"$dir.debootstrap.log" 2>&1 \
     || die "apt-get -f install failed in the chroot; see $dir.debootstrap.log"
   touch "$dir/.hookd-chroot-ready"
-  say "ready in $((SECONDS - t0)) s: $(chroot "$dir" nix --version), $(chroot "$dir" python3 --version)"
+  say "ready in $((SECONDS - t0)) s: $(in_chroot nix --version), $(chroot "$dir" python3 --version)"
 }
 
 case $cmd in

@@ -34,8 +34,8 @@ record() { # NAME RC SECONDS VERSIONS: the closing line, with pytest's own summa
 run_host() {
   local t0=$SECONDS rc=0 versions
   bash scripts/setup.sh || { record host 1 $((SECONDS - t0)) "setup failed"; return; }
-  versions="$(nix --version | sed 's/.* //')/Nix, $(.venv/bin/python --version | sed 's/.* //')/Python"
-  say "host: $versions"
+  versions="Nix $(nix --version | sed 's/.* //'), Python $(.venv/bin/python --version | sed 's/.* //')"
+  say "host versions: $versions"
   PATH="$REPO/.venv/bin:$PATH" .venv/bin/pytest -q "$@" 2>&1 | tee "$LOGS/host"
   rc=${PIPESTATUS[0]}
   record host "$rc" $((SECONDS - t0)) "$versions"
@@ -64,10 +64,10 @@ run_chroot() {
   $SUDO env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" HOOKD_SLOW="${HOOKD_SLOW:-}" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     bash scripts/chroot.sh run "$dir" -- bash -c "cd $work && bash scripts/setup.sh \
-      && echo \"[test] chroot: \$(nix --version | sed 's/.* //')/Nix, \$(.venv/bin/python --version | sed 's/.* //')/Python\" >&2 \
+      && echo \"[test] chroot versions: Nix \$(nix --version | sed 's/.* //'), Python \$(.venv/bin/python --version | sed 's/.* //')\" \
       && PATH=$work/.venv/bin:\$PATH exec .venv/bin/pytest -q -p no:cacheprovider$args" 2>&1 | tee "$LOGS/chroot"
   rc=${PIPESTATUS[0]}
-  versions="$($SUDO chroot "$dir" nix --version | sed 's/.* //')/Nix, $($SUDO chroot "$dir" python3 --version | sed 's/.* //')/Python"
+  versions=$(sed -n 's/^\[test\] chroot versions: //p' "$LOGS/chroot" | head -n1)
   record chroot "$rc" $((SECONDS - t0)) "$versions"
 }
 

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hookd.nix import path_info_entries
+
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH = ROOT / "tests" / "data" / "graph.nix"
 BIN = Path(sys.executable).parent
@@ -89,7 +91,8 @@ def requisites(paths: list[str]) -> set[str]:
 def path_info(paths: list[str], store: str | None = None) -> dict[str, dict[str, Any]]:
     argv = ["nix", "path-info", "--json"] + (["--store", store] if store else []) + paths
     out = subprocess.run(argv, capture_output=True, text=True, check=True)
-    return {d["path"]: d for d in json.loads(out.stdout) if d.get("valid", True)}
+    # hookd's own reader: every Nix version's shape (list, object, versioned), by full path
+    return {p: d for p, d in path_info_entries(out.stdout).items() if d is not None}
 
 
 def substitute(
@@ -198,14 +201,14 @@ class HookdProcess:
         self.client = Client(self.socket)
         self.hook_script = write_hook_script(workdir, self.socket, self.spool)
 
-    def start(self, timeout: float = 30) -> HookdProcess:
+    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> HookdProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [HOOKD, "daemon", "--config", str(self.config_path)],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            env=nix_env(),
+            env=env or nix_env(),
             start_new_session=True,
         )
         _RUNNING.append(self)

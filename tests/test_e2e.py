@@ -26,6 +26,7 @@ from tests.conftest import (
     path_info,
     requisites,
     substitute,
+    until,
 )
 
 pytestmark = [needs_nix, pytest.mark.nix]
@@ -93,7 +94,8 @@ def test_private_nix_daemon_hook_from_nix_conf(hookd: HookdProcess, tmp_path: Pa
         proc = nix_build(GRAPH_ATTRS, nonce_value=nonce(), env=daemon.client_env())
     finally:
         daemon.stop()
-    assert "running post-build-hook" in proc.stderr
+    # Nix 2.8 relays "running post-build-hook" from the daemon to the client; 2.26 does not
+    # (docs/nix-versions.md): the proof that the daemon's hook ran is the pushed closure below.
     outs = built_paths(proc.stdout)
     assert hookd.client.wait(timeout=120)["drained"]
     closure = sorted(requisites(outs))
@@ -203,11 +205,18 @@ def test_fifty_concurrent_hooks_lose_nothing(hookd: HookdProcess) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(one, drvs))
+    # What matters: every hook exits 0 within its bound and no path is lost. Whether a hook got
+    # its acknowledgement or spooled depends on the machine's load, and spooling is correct
+    # behaviour then: the spool counts belong to the burst benchmark (bench/burst.py).
     assert all(rc == 0 for rc, _, _ in results)
-    assert all(err == "" for _, _, err in results), [e for _, _, e in results if e]
-    assert not list(hookd.spool.glob("*.json"))  # every hook got its acknowledgement
+    # The hook bounds itself to 2 s from its exec; the slack covers process creation on a
+    # loaded machine. A hook blocked on the daemon would take the 30 s subprocess timeout.
+    assert all(elapsed < 2.0 + 3.0 for _, elapsed, _ in results), [e for _, e, _ in results]
+    unexpected = [e for _, _, e in results if e and "spooled" not in e]
+    assert not unexpected, unexpected  # silent, or the one line that says it spooled
+    until(lambda: hookd.cached(outs) == set(outs), hookd, timeout=120)  # spool imported too
     assert hookd.client.wait(timeout=120)["drained"]
-    assert hookd.cached(outs) == set(outs)
+    assert not list(hookd.spool.glob("*.json"))
 
 
 def test_kill9_during_push_loses_no_acknowledged_path(tmp_path: Path) -> None:
@@ -352,7 +361,16 @@ def test_queued_paths_are_pinned_against_gc_until_pushed(tmp_path: Path) -> None
     deadline = time.monotonic() + 30
     while hookd.status()["gc_roots"] and time.monotonic() < deadline:
         hookd.client.wait(timeout=0.5)
-    gc = subprocess.run(["nix-store", "--delete", out], capture_output=True, text=True, check=False)
+    # Released: deletable now, or as soon as a `nix copy` still in flight exits (newer Nix counts
+    # a running process's command line as a runtime root).
+    deadline = time.monotonic() + 60
+    while True:
+        gc = subprocess.run(
+            ["nix-store", "--delete", out], capture_output=True, text=True, check=False
+        )
+        if gc.returncode == 0 or time.monotonic() > deadline:
+            break
+        hookd.client.wait(timeout=0.5)
     assert gc.returncode == 0, gc.stderr
     hookd.stop()
 
@@ -497,3 +515,27 @@ def test_daemon_keeps_its_acceptor_at_normal_priority(hookd: HookdProcess) -> No
     assert hookd.proc is not None
     fields = Path(f"/proc/{hookd.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     assert int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_post_build_hook_environment_of_this_nix(tmp_path: Path) -> None:
+    """What the hook receives, per Nix version: 2.8 sets OUT_PATHS empty (NixOS/nix#6446) and
+    hookd resolves the outputs from DRV_PATH; later versions fill it. DRV_PATH is set on all."""
+    record = tmp_path / "env"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\nprintf "%s|%s\\n" "$DRV_PATH" "$OUT_PATHS" >> {record}\n')
+    hook.chmod(0o755)
+    n = nonce()
+    proc = nix_build(["multi"], nonce_value=n, hook=hook)
+    drv = instantiate("multi", n)
+    outs = outputs_of(drv)
+    assert len(outs) == 3 and set(built_paths(proc.stdout)) <= set(outs)
+    lines = [line.split("|") for line in record.read_text().splitlines()]
+    assert [d for d, _ in lines] == [drv]
+    out_paths = lines[0][1].split()
+    version = subprocess.run(
+        ["nix", "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    if version.startswith("2.8."):
+        assert out_paths == []
+    else:
+        assert sorted(out_paths) == sorted(outs)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from hookd.errors import NixError
 from hookd.models import NIX32_ALPHABET, PathInfo, nix32_decode, nix32_encode, sha256_digest
-from hookd.nix import Nix, parse_path_info
+from hookd.nix import Nix, parse_path_info, path_info_entries
 
 HAVE_NIX = shutil.which("nix-build") is not None
 needs_nix = pytest.mark.skipif(not HAVE_NIX, reason="needs a real Nix (scripts/setup.sh)")
@@ -90,9 +91,15 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Graph:
     return Graph(f, nonce, drvs, outs)
 
 
-def raw_path_info(*args: str) -> tuple[str, list[dict[str, Any]]]:
+def raw_path_info(*args: str) -> tuple[str, dict[str, dict[str, Any] | None]]:
+    """The raw JSON and its entries by full path (None: invalid), for any Nix's shape."""
     text = sh("nix", "path-info", "--json", *args)
-    return text, json.loads(text)
+    return text, path_info_entries(text)
+
+
+def nix_version() -> tuple[int, ...]:
+    out = sh("nix", "--version").split()[-1]
+    return tuple(int(x) for x in re.findall(r"\d+", out)[:2])
 
 
 def nar_of(path: str) -> bytes:
@@ -188,10 +195,12 @@ def test_nix32_encode_agrees_with_real_nix(algo: str, size: int) -> None:
 
 @needs_nix
 @pytest.mark.nix
-def test_path_info_list_form_from_real_nix(graph: Graph) -> None:
+def test_path_info_from_real_nix(graph: Graph) -> None:
     top, mid, leaf = graph.out("top"), graph.out("mid"), graph.out("leaf")
     text, raw = raw_path_info("--recursive", top)
-    assert isinstance(raw, list) and len(raw) == 3  # the 2.8 list form, the whole closure
+    assert len(raw) == 3  # the whole closure
+    # the shape is the version's: a list before 2.19, an object keyed by path from 2.19 on
+    assert isinstance(json.loads(text), list) == (nix_version() < (2, 19))
     infos = {i.path: i for i in parse_path_info(text)}
     assert set(infos) == {top, mid, leaf}
     for path, info in infos.items():
@@ -225,14 +234,16 @@ def test_nar_hash_conversions_agree_with_nix_store(graph: Graph) -> None:
         *graph.outs["multi"],
     ]
     text, raw = raw_path_info(*paths)
-    by_path = {d["path"]: d for d in raw}
+    by_path = raw
     for info in parse_path_info(text):
         nar = nar_of(info.path)
         assert len(nar) == info.nar_size
         assert info.nar_hash == hashlib.sha256(nar).digest()
         assert info.nar_hash_hex == "sha256:" + hashlib.sha256(nar).hexdigest()
         assert info.nar_hash_nix32 == sh("nix-store", "-q", "--hash", info.path).strip()
-        sri = by_path[info.path]["narHash"]
+        entry = by_path[info.path]
+        assert entry is not None
+        sri = entry["narHash"]
         assert sri.startswith("sha256-")
         assert sh("nix", "hash", "to-base16", sri).strip() == info.nar_hash.hex()
         assert sh("nix", "hash", "to-base32", sri).strip() == info.nar_hash_nix32.removeprefix(
@@ -247,7 +258,7 @@ def test_nar_hash_conversions_agree_with_nix_store(graph: Graph) -> None:
 @pytest.mark.nix
 def test_path_info_with_closure_size_and_extra_keys(graph: Graph) -> None:
     text, raw = raw_path_info("-S", "--recursive", graph.out("top"))
-    assert all("closureSize" in d for d in raw)
+    assert raw and all(d is not None and "closureSize" in d for d in raw.values())
     plain, _ = raw_path_info("--recursive", graph.out("top"))
     assert parse_path_info(text) == parse_path_info(plain)
 
@@ -262,9 +273,13 @@ def test_invalid_paths_are_skipped(graph: Graph) -> None:
         text=True,
         check=False,
     )
-    assert proc.returncode == 0  # 2.8: rc 0 and {"valid": false}
+    assert proc.returncode == 0  # an invalid path is not an error without --recursive
     raw = json.loads(proc.stdout)
-    assert {"path": missing, "valid": False} in raw
+    if nix_version() < (2, 19):  # a list entry {"path": P, "valid": false}
+        assert {"path": missing, "valid": False} in raw
+    else:  # an object keyed by path, null for the invalid one (NixOS/nix#9242, 2.19)
+        assert raw[missing] is None
+    assert path_info_entries(proc.stdout)[missing] is None
     infos = parse_path_info(proc.stdout)
     assert [i.path for i in infos] == [graph.out("leaf")]
     # through the wrapper too
@@ -297,7 +312,9 @@ def test_signatures_fixed_output_ca_and_drv_files(graph: Graph, tmp_path: Path) 
 
     text, raw = raw_path_info(graph.out("fod"))
     (fod,) = parse_path_info(text)
-    assert fod.ca == raw[0]["ca"] and fod.ca is not None and fod.ca.startswith("fixed:sha256:")
+    (fod_entry,) = raw.values()
+    assert fod_entry is not None
+    assert fod.ca == fod_entry["ca"] and fod.ca is not None and fod.ca.startswith("fixed:sha256:")
     assert nix.derivation_outputs(graph.drvs["fod"])[1] is True
     assert nix.derivation_outputs(graph.drvs["top"])[1] is False
 
@@ -312,61 +329,98 @@ def test_signatures_fixed_output_ca_and_drv_files(graph: Graph, tmp_path: Path) 
 # -- the newer object form, built from the same real data ------------------------------------
 
 
-def to_object_form(raw: list[dict[str, Any]], hash_style: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for d in raw:
-        if d.get("valid") is False:
-            out[d["path"]] = None
+def ca_to_structured(ca: str | None) -> dict[str, str] | None:
+    """A string CA as --json-format 2 prints it: {"method", "hash": SRI}."""
+    if ca is None:
+        return None
+    for prefix, method in (
+        ("fixed:r:", "nar"),
+        ("fixed:git:", "git"),
+        ("fixed:", "flat"),
+        ("text:", "text"),
+    ):
+        if ca.startswith(prefix):
+            algo, nix32 = ca.removeprefix(prefix).split(":")
+            digest = nix32_decode(nix32)
+            return {"method": method, "hash": f"{algo}-{base64.b64encode(digest).decode()}"}
+    raise AssertionError(ca)
+
+
+def reshape(raw: dict[str, dict[str, Any] | None], shape: str, hash_style: str) -> Any:
+    """Real path-info entries in the shape another Nix version prints (docs/nix-versions.md):
+    list (2.8-2.18), object (2.19-2.32 and --json-format 1), v2/v3 (--json-format 2/3, 2.33+)."""
+    listed: list[dict[str, Any]] = []
+    keyed: dict[str, Any] = {}
+    for path, d in raw.items():
+        if d is None:
+            listed.append({"path": path, "valid": False})
+            keyed[path] = None
             continue
         digest = base64.b64decode(d["narHash"].removeprefix("sha256-"))
-        nar_hash: Any
-        if hash_style == "sri":
-            nar_hash = d["narHash"]
-        elif hash_style == "base64":
-            nar_hash = {
+        nar_hash: Any = {
+            "sri": d["narHash"],
+            "base64": {
                 "algorithm": "sha256",
                 "format": "base64",
                 "hash": base64.b64encode(digest).decode(),
-            }
-        elif hash_style == "base64-no-format":
-            nar_hash = {"algorithm": "sha256", "hash": base64.b64encode(digest).decode()}
-        elif hash_style == "base16":
-            nar_hash = {"algorithm": "sha256", "format": "base16", "hash": digest.hex()}
-        elif hash_style == "nix32":
-            nar_hash = {"algorithm": "sha256", "format": "nix32", "hash": nix32_encode(digest)}
-        elif hash_style == "sri-structured":
-            nar_hash = {"algorithm": "sha256", "format": "sri", "hash": d["narHash"]}
-        else:
-            raise AssertionError(hash_style)
-        entry = {
-            k: v for k, v in d.items() if k not in ("path", "narHash", "references", "deriver")
-        }
+            },
+            "base64-no-format": {"algorithm": "sha256", "hash": base64.b64encode(digest).decode()},
+            "base16": {"algorithm": "sha256", "format": "base16", "hash": digest.hex()},
+            "nix32": {"algorithm": "sha256", "format": "nix32", "hash": nix32_encode(digest)},
+            "sri-structured": {"algorithm": "sha256", "format": "sri", "hash": d["narHash"]},
+        }[hash_style]
+        entry = {k: v for k, v in d.items() if k not in ("path", "valid")}
         entry["narHash"] = nar_hash
-        entry["references"] = [os.path.basename(r) for r in d["references"]]
-        if "deriver" in d:
-            entry["deriver"] = os.path.basename(d["deriver"])
-        out[d["path"]] = entry
-    return out
+        refs = [os.path.basename(r) for r in d["references"]]
+        if shape in ("list", "object"):  # full paths, as printed
+            listed.append({"path": path, **entry})
+            keyed[path] = entry
+            continue
+        entry["version"] = int(shape[1])
+        entry["storeDir"] = "/nix/store"
+        if shape in ("v2", "v3"):
+            entry["references"] = refs
+            if d.get("deriver"):
+                entry["deriver"] = os.path.basename(d["deriver"])
+            entry["ca"] = ca_to_structured(d.get("ca"))
+        if shape == "v3":
+            entry["signatures"] = [
+                {"keyName": sig.split(":", 1)[0], "sig": sig.split(":", 1)[1]}
+                for sig in d.get("signatures") or []
+            ]
+        keyed[path if shape == "v1" else os.path.basename(path)] = entry
+    if shape == "list":
+        return listed
+    if shape in ("object", "v1"):
+        return keyed
+    return {"version": int(shape[1]), "storeDir": "/nix/store", "info": keyed}
 
 
 @needs_nix
 @pytest.mark.nix
+@pytest.mark.parametrize("shape", ["list", "object", "v1", "v2", "v3"])
 @pytest.mark.parametrize(
     "hash_style", ["sri", "base64", "base64-no-format", "base16", "nix32", "sri-structured"]
 )
-def test_path_info_object_form_matches_list_form(graph: Graph, hash_style: str) -> None:
+def test_path_info_every_versions_shape_parses_alike(
+    graph: Graph, tmp_path: Path, shape: str, hash_style: str
+) -> None:
     missing = f"/nix/store/{'1' * 32}-hookd-missing"
-    text, raw = raw_path_info("--recursive", graph.out("top"), graph.out("big"))
+    secret, public = tmp_path / "k.sec", tmp_path / "k.pub"
+    Nix().generate_key("hookd-shape-1", secret, public)
+    Nix().sign([graph.out("mid"), graph.out("fod")], secret)  # signatures in the data
+    paths = ["--recursive", graph.out("top"), graph.out("big"), graph.out("fod")]
+    text, raw = raw_path_info(*paths)
     _, raw_missing = raw_path_info(missing)  # without --recursive an invalid path is rc 0
-    assert raw_missing == [{"path": missing, "valid": False}]
-    raw += raw_missing
-    expected = sorted(parse_path_info(json.dumps(raw)), key=lambda i: i.path)
-    assert expected == sorted(parse_path_info(text), key=lambda i: i.path)
-    assert len(expected) == 4
-    obj = to_object_form(raw, hash_style)
-    assert obj[missing] is None
-    got = sorted(parse_path_info(json.dumps(obj)), key=lambda i: i.path)
-    assert got == expected  # full paths restored, same digest, same everything
+    assert raw_missing == {missing: None}
+    raw.update(raw_missing)
+    expected = sorted(parse_path_info(text), key=lambda i: i.path)
+    assert len(expected) == 5
+    assert any(i.ca for i in expected) and any(i.signatures for i in expected)
+    reshaped = reshape(raw, shape, hash_style)
+    got = sorted(parse_path_info(json.dumps(reshaped)), key=lambda i: i.path)
+    assert got == expected  # full paths restored, same digest, CA string, signatures, all
+    assert path_info_entries(json.dumps(reshaped))[missing] is None
 
 
 def test_object_form_with_valid_false_entry_and_non_dict_value() -> None:
@@ -421,22 +475,23 @@ def test_parse_path_info_edge_cases() -> None:
             parse_path_info(json.dumps([bad]))
 
 
-def test_structured_ca_is_dropped_not_misread() -> None:
-    good = "sha256-" + base64.b64encode(bytes(32)).decode()
+def test_structured_ca_is_read_as_the_narinfo_string() -> None:
+    # --json-format 2 (Nix 2.33+): {"method", "hash": SRI}; narinfo and Attic take the string.
+    digest = hashlib.sha256(b"hookd").digest()
+    sri = "sha256-" + base64.b64encode(digest).decode()
     p = "/nix/store/" + "a" * 32 + "-x"
-    (info,) = parse_path_info(
-        json.dumps(
-            {
-                p: {
-                    "narHash": good,
-                    "narSize": 1,
-                    "ca": {"method": "nar", "hash": good},
-                    "references": [],
-                }
-            }
-        )
-    )
-    assert info.ca is None
+    expected = {
+        "nar": "fixed:r:sha256:",
+        "flat": "fixed:sha256:",
+        "text": "text:sha256:",
+        "git": "fixed:git:sha256:",
+    }
+    for method, prefix in expected.items():
+        entry = {"narHash": sri, "narSize": 1, "ca": {"method": method, "hash": sri}}
+        (info,) = parse_path_info(json.dumps({p: entry}))
+        assert info.ca == prefix + nix32_encode(digest)
+    with pytest.raises(NixError):
+        parse_path_info(json.dumps({p: {"narHash": sri, "narSize": 1, "ca": {"method": "x"}}}))
 
 
 # -- the Nix wrapper --------------------------------------------------------------------------

@@ -32,3 +32,13 @@ def test_ruff_lint_and_format() -> None:
 def test_mypy_strict_on_the_package() -> None:
     proc = run(str(BIN / "mypy"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(
+    not (BIN / "mypy").exists(), reason="mypy missing: scripts/setup.sh installs the test extra"
+)
+def test_mypy_strict_for_macos() -> None:
+    # The nix-darwin and home-manager modules run the daemon on macOS: Linux-only APIs
+    # (socket.SO_PEERCRED, os.sched_*, …) must not be used unguarded.
+    proc = run(str(BIN / "mypy"), "--strict", "--platform", "darwin", "hookd")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

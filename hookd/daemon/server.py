@@ -22,7 +22,7 @@ import structlog
 from hookd import protocol as proto
 from hookd.config import Config
 from hookd.errors import ConfigError, QueueError
-from hookd.peercred import peer_credentials
+from hookd.peercred import PeerCredentials, peer_credentials
 
 log = structlog.get_logger("hookd.daemon")
 
@@ -157,11 +157,12 @@ class SocketServer:
                     proto.error_reply("busy", "the daemon has too many connections; try again"),
                 )
                 return
-            try:
-                pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
+            try:  # None: this platform cannot tell; the socket's mode 0660 and group gate
+                cred = peer_credentials(writer.get_extra_info("socket"))
             except OSError:
-                pid, uid, gid = -1, -1, -1
-            if not self.access.allowed(uid, gid):
+                cred = PeerCredentials(-1, -1, -1)
+            pid, uid, gid = (cred.pid, cred.uid, cred.gid) if cred else (-1, -1, -1)
+            if cred is not None and not self.access.allowed(uid, gid):
                 log.warning("socket.refused", peer_uid=uid, peer_pid=pid, reason="user not allowed")
                 await _reply(
                     writer,
