@@ -1106,6 +1106,15 @@ class TestTemplates:
 # -- the flake -----------------------------------------------------------------------------
 
 
+def test_license() -> None:
+    # Needs no module trees: always runs.
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 hookd contributors\n")
+    assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'license = { text = "MIT" }' in pyproject
+
+
 @pytest.mark.modules
 @needs_trees
 class TestFlake:
@@ -1174,13 +1183,6 @@ class TestFlake:
         )
         assert f["license"]
         assert not (f["tests"] or f["testsDir"] or f["nix"] or f["flake"] or f["bytecode"])
-
-    def test_license(self) -> None:
-        text = (REPO / "LICENSE").read_text()
-        assert text.startswith("MIT License\n\nCopyright (c) 2026 hookd contributors\n")
-        assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
-        pyproject = (REPO / "pyproject.toml").read_text()
-        assert 'license = { text = "MIT" }' in pyproject
 
     def test_fast_hook_entry_point(self, flake: Any, tmp_path: Path) -> None:
         """The package's postInstall, run as the build would (with a real interpreter in place
