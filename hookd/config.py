@@ -61,6 +61,7 @@ UPLOAD_KEYS = {
     "remember_pushed",
     "max_timeouts",
 }
+MAX_NUMBER = 1e12  # the largest number any setting takes (seconds, sizes, counts)
 NIX_KEYS = {"bin_dir", "timeout", "dump_timeout", "gc_roots"}
 LOG_KEYS = {"format", "level"}
 
@@ -278,6 +279,8 @@ class _Reader:
         if bad:
             kind = "an integer" if integer else "a number"
             raise self.fail(key, f"{kind} >= {minimum}", value)
+        if value > MAX_NUMBER:  # no setting means more; a 5000-digit int cannot even be printed
+            raise self.fail(key, f"a number <= {MAX_NUMBER:g}")
         return value
 
     def strings(self, value: object, key: str) -> tuple[str, ...]:

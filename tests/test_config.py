@@ -851,3 +851,10 @@ def test_cli_missing_config_from_env_exits_2(tmp_path: Path) -> None:
 def test_nice_must_be_0_to_19(value: object) -> None:
     with pytest.raises(ConfigError, match=r"'nice'.*0 .*19"):
         parse_config({"nice": value})
+
+
+def test_absurdly_large_numbers_are_refused_with_the_limit() -> None:
+    # found by tests/test_fuzz.py: a 5000-digit timeout was accepted and then broke repr()
+    with pytest.raises(ConfigError, match=r"nix.timeout.*<= 1e\+12"):
+        parse_config({"nix": {"timeout": 10**5000}}, source="c.yaml")
+    assert parse_config({"nix": {"timeout": 10**9}}, source="c.yaml").nix.timeout == 10**9

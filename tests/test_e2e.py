@@ -113,6 +113,10 @@ def test_sources_and_drvs_are_not_pushed(hookd: HookdProcess) -> None:
     assert any(e["path"] == src and "source" in e["reason"] for e in skips)
 
 
+HOOK_BOUND = 2.0  # hookd/hook.py: the whole hook, from its exec
+LOAD_SLACK = 3.0  # process creation and start-up on a loaded 2-core machine, seen from outside
+
+
 def run_hook(env: dict[str, str], socket_path: Path, spool: Path) -> tuple[int, float, str]:
     start = time.monotonic()
     proc = subprocess.run(
@@ -158,7 +162,10 @@ def test_hook_returns_within_2s_when_daemon_hangs(tmp_path: Path) -> None:
     finally:
         server.close()
     assert rc == 0
-    assert elapsed < 2.0, elapsed
+    # Bounded, not blocked on the hung daemon (that would take the 30 s subprocess timeout).
+    # The hook bounds itself to 2 s from its exec; the slack covers process creation under
+    # load. The hook's own timing is measured in bench/hook_cost.py, not asserted here.
+    assert elapsed < HOOK_BOUND + LOAD_SLACK, elapsed
     assert "spooled" in err
     (spooled,) = list((tmp_path / "spool").glob("*.json"))
     assert json.loads(spooled.read_text())["drv_path"] == drv
@@ -169,7 +176,7 @@ def test_hook_exits_0_on_missing_socket_and_unwritable_spool(tmp_path: Path) -> 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     rc, elapsed, err = run_hook(env, tmp_path / "missing.sock", blocker / "spool")
-    assert rc == 0 and elapsed < 2.0
+    assert rc == 0 and elapsed < HOOK_BOUND + LOAD_SLACK
     assert "spool failed" in err and "hookd backfill" in err
     rc, _, err = run_hook(nix_env(), tmp_path / "missing.sock", tmp_path / "spool")
     assert rc == 0 and "nothing to queue" in err
@@ -211,7 +218,9 @@ def test_fifty_concurrent_hooks_lose_nothing(hookd: HookdProcess) -> None:
     assert all(rc == 0 for rc, _, _ in results)
     # The hook bounds itself to 2 s from its exec; the slack covers process creation on a
     # loaded machine. A hook blocked on the daemon would take the 30 s subprocess timeout.
-    assert all(elapsed < 2.0 + 3.0 for _, elapsed, _ in results), [e for _, e, _ in results]
+    assert all(elapsed < HOOK_BOUND + LOAD_SLACK for _, elapsed, _ in results), [
+        e for _, e, _ in results
+    ]
     unexpected = [e for _, _, e in results if e and "spooled" not in e]
     assert not unexpected, unexpected  # silent, or the one line that says it spooled
     until(lambda: hookd.cached(outs) == set(outs), hookd, timeout=120)  # spool imported too
