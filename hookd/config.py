@@ -279,7 +279,7 @@ class _Reader:
         if bad:
             kind = "an integer" if integer else "a number"
             raise self.fail(key, f"{kind} >= {minimum}", value)
-        if value > MAX_NUMBER:  # no setting means more; a 5000-digit int cannot even be printed
+        if isinstance(value, int | float) and value > MAX_NUMBER:  # a 5000-digit int breaks repr
             raise self.fail(key, f"a number <= {MAX_NUMBER:g}")
         return value
 
