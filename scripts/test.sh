@@ -50,7 +50,7 @@ run_chroot() {
   $SUDO mkdir -p "$dir$work"
   $SUDO find "$dir$work" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
   tar -C "$REPO" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' --exclude=./.pytest_cache \
-    --exclude=./.mypy_cache --exclude=./.ruff_cache -cf - . | $SUDO tar -C "$dir$work" -xf -
+    --exclude=./.mypy_cache --exclude=./.ruff_cache --exclude=./.hypothesis -cf - . | $SUDO tar -C "$dir$work" -xf -
   # The module-evaluation tests' source trees, when the host has them.
   local src=${HOOKD_NIX_SOURCES:-/var/cache/hookd-nix-sources}
   if [ -d "$src" ]; then
