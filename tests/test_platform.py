@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,7 @@ def test_daemon_without_linux_apis_acknowledges_hooks_and_serves_status_and_wait
     env = nix_env(PYTHONPATH=str(sim))
     probe = subprocess.run(
         [
-            HOOKD.replace("/hookd", "/python"),
+            sys.executable,
             "-c",
             "import socket; print(hasattr(socket, 'SO_PEERCRED'))",
         ],
