@@ -459,9 +459,9 @@ def test_outputs_resolved_from_drv_when_out_paths_empty(hookd: HookdProcess) -> 
     outs = outputs_of(drv)
     assert len(outs) == 3
     rc, _, err = run_hook(nix_env(DRV_PATH=drv, OUT_PATHS=""), hookd.socket, hookd.spool)
-    assert rc == 0 and err == ""
-    assert hookd.client.wait(timeout=60)["drained"]
-    assert hookd.cached(outs) == set(outs)
+    # acknowledged, or spooled on a loaded machine (then imported): either way all three land
+    assert rc == 0 and (err == "" or "spooled" in err), err
+    until(lambda: hookd.cached(outs) == set(outs), hookd, timeout=60)
 
 
 def test_cli_passes_provision_arguments_through(tmp_path: Path) -> None:
