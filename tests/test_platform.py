@@ -39,6 +39,9 @@ for mod, names in (
     for name in names:
         if hasattr(mod, name):
             delattr(mod, name)
+# As on macOS, where os.process_cpu_count (3.13) is os.cpu_count: no sched_getaffinity.
+if hasattr(os, "process_cpu_count"):
+    os.process_cpu_count = os.cpu_count
 os.environ["HOOKD_SIMULATED_PLATFORM"] = "no-linux-apis"
 """
 
