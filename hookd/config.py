@@ -43,8 +43,12 @@ TOP_KEYS = {
     "nix",
     "log",
     "nice",
+    "ca_file",
+    "metrics",
 }
-SERVER_KEYS = {"endpoint", "token_file", "allowed_origins"}
+SERVER_KEYS = {"endpoint", "token_file", "allowed_origins", "ca_file", "client_cert", "client_key"}
+METRICS_KEYS = {"listen", "textfile", "textfile_interval"}
+METRICS_DEFAULT_PORT = 9469  # the port allocated to hookd on the Prometheus default-port wiki
 FILTER_KEYS = {"include", "exclude", "skip_drv", "skip_sources", "skip_fixed_output"}
 UPLOAD_KEYS = {
     "concurrency",
@@ -64,6 +68,7 @@ UPLOAD_KEYS = {
 MAX_NUMBER = 1e12  # the largest number any setting takes (seconds, sizes, counts)
 NIX_KEYS = {"bin_dir", "timeout", "dump_timeout", "gc_roots"}
 LOG_KEYS = {"format", "level"}
+TLS_KEYS = ("ca_file", "client_cert", "client_key")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,11 @@ class ServerConfig:
     # Origins besides the endpoint's own that may receive the token (an api_endpoint the
     # server advertises elsewhere is followed only when its origin is listed here).
     allowed_origins: tuple[str, ...] = ()
+    # TLS: the CAs that may sign the server's certificate (None: the system store), and the
+    # client certificate for servers or proxies that require mTLS.
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
     def __repr__(self) -> str:  # never let a token reach a log line or a traceback
         return f"ServerConfig(name={self.name!r}, endpoint={self.endpoint!r}, token_file={self.token_file!r})"
@@ -138,6 +148,16 @@ class NixConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics: an HTTP listener (off unless ``listen`` is set) and/or a
+    node-exporter textfile rewritten atomically every ``textfile_interval`` seconds."""
+
+    listen: tuple[str, int] | None = None  # (host, port); a bare port means 127.0.0.1
+    textfile: Path | None = None
+    textfile_interval: float = 15.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     socket: Path
@@ -154,6 +174,7 @@ class Config:
     log_format: str = "auto"
     log_level: str = "info"
     nice: int = 10  # the daemon's CPU priority: builds come first
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def db_path(self) -> Path:
@@ -332,7 +353,8 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         socket = Path(env_socket)
     spool = r.path(top["spool_dir"], "spool_dir") if "spool_dir" in top else state_dir / "spool"
 
-    servers = _attic_client_servers(top.get("attic_config", "auto"), r)
+    default_ca = r.path(top["ca_file"], "ca_file") if top.get("ca_file") else None
+    servers = _attic_client_servers(top.get("attic_config", "auto"), r, default_ca)
     raw_servers = top.get("servers")
     server_names = {_text(k) for k in raw_servers} if isinstance(raw_servers, dict) else set()
     for name, value in r.mapping(raw_servers, "servers", server_names).items():
@@ -350,7 +372,24 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
             _origin(o, r, f"{key}.allowed_origins[{i}]")
             for i, o in enumerate(r.strings(entry.get("allowed_origins"), f"{key}.allowed_origins"))
         )
-        servers[str(name)] = ServerConfig(str(name), endpoint, token_file, allowed_origins=origins)
+        tls = {k: r.path(entry[k], f"{key}.{k}") for k in TLS_KEYS if entry.get(k)}
+        if ("client_cert" in tls) != ("client_key" in tls):
+            missing = "client_key" if "client_cert" in tls else "client_cert"
+            raise r.fail(
+                f"{key}.{missing}",
+                "client_cert and client_key together (the client certificate and its key, PEM)",
+            )
+        if default_ca and "ca_file" not in tls:
+            tls["ca_file"] = default_ca
+        servers[str(name)] = ServerConfig(
+            str(name),
+            endpoint,
+            token_file,
+            allowed_origins=origins,
+            ca_file=tls.get("ca_file"),
+            client_cert=tls.get("client_cert"),
+            client_key=tls.get("client_key"),
+        )
 
     if top.get("targets") is not None and not isinstance(top["targets"], list):
         raise r.fail("targets", "a list of {server, cache} or {store, secret_key_file}")
@@ -422,6 +461,28 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         log_format=log_format,
         log_level=log_level,
         nice=_nice(top.get("nice", Config.nice), r),
+        metrics=_metrics(top.get("metrics"), r),
+    )
+
+
+def _metrics(value: object, r: _Reader) -> MetricsConfig:
+    m = r.mapping(value, "metrics", METRICS_KEYS)
+    listen = None
+    if m.get("listen") is not None:
+        text = _text(m["listen"])
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]") if sep else "127.0.0.1"  # enabled: loopback unless told
+        if not port.isdigit() or not 0 < int(port) < 65536 or (sep and not host):
+            raise r.fail("metrics.listen", "HOST:PORT, [IPv6]:PORT or a port number", text)
+        listen = (host, int(port))
+    return MetricsConfig(
+        listen=listen,
+        textfile=r.path(m["textfile"], "metrics.textfile") if m.get("textfile") else None,
+        textfile_interval=r.number(
+            m.get("textfile_interval", MetricsConfig.textfile_interval),
+            "metrics.textfile_interval",
+            minimum=1,
+        ),
     )
 
 
@@ -488,7 +549,9 @@ def attic_client_config_path() -> Path:
     return Path(xdg) / "attic" / "config.toml"
 
 
-def _attic_client_servers(setting: object, r: _Reader) -> dict[str, ServerConfig]:
+def _attic_client_servers(
+    setting: object, r: _Reader, ca_file: Path | None = None
+) -> dict[str, ServerConfig]:
     """Servers from attic's own config.toml, so `attic login` users need no second config."""
     if setting is False or setting is None:
         return {}
@@ -524,6 +587,7 @@ def _attic_client_servers(setting: object, r: _Reader) -> dict[str, ServerConfig
             ),
             token_file=Path(token_file) if token_file else None,
             token=token,
+            ca_file=ca_file,
         )
     default = data.get("default-server")
     if isinstance(default, str) and default in servers and "default" not in servers:
@@ -562,6 +626,7 @@ def schema() -> dict[str, object]:
             "upload": sorted(UPLOAD_KEYS),
             "nix": sorted(NIX_KEYS),
             "log": sorted(LOG_KEYS),
+            "metrics": sorted(METRICS_KEYS),
         },
         "defaults": {
             "filter": _defaults(FilterConfig),
@@ -569,6 +634,10 @@ def schema() -> dict[str, object]:
             "nix": _defaults(NixConfig),
             "log": {"format": Config.log_format, "level": Config.log_level},
             "nice": Config.nice,
+            "metrics": {
+                "port": METRICS_DEFAULT_PORT,
+                "textfile_interval": MetricsConfig.textfile_interval,
+            },
         },
         "choices": {"log.format": list(LOG_FORMATS), "log.level": list(LOG_LEVELS)},
         "nameRegex": CACHE_NAME_RE.pattern,

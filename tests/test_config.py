@@ -15,6 +15,7 @@ from hookd import config as cfgmod
 from hookd.config import (
     FILTER_KEYS,
     LOG_KEYS,
+    METRICS_KEYS,
     NIX_KEYS,
     SERVER_KEYS,
     TOP_KEYS,
@@ -22,6 +23,7 @@ from hookd.config import (
     AtticTargetConfig,
     Config,
     FilterConfig,
+    MetricsConfig,
     NixConfig,
     ServerConfig,
     StoreTargetConfig,
@@ -164,7 +166,11 @@ servers:
     endpoint: "https://cache.example.com"
     token_file: /run/secrets/attic-prod
     allowed_origins: ["https://api.cache.example.com"]
+    ca_file: /etc/ssl/private-ca.pem
+    client_cert: /run/secrets/hookd.crt
+    client_key: /run/secrets/hookd.key
   staging: {endpoint: "http://10.0.0.2:8080/"}
+ca_file: /etc/ssl/certs/ca-certificates.crt
 targets:
   - {server: prod, cache: team}
   - {server: staging, cache: "ci_cache+1"}
@@ -197,6 +203,7 @@ nix:
   gc_roots: false
 log: {format: json, level: debug}
 nice: 5
+metrics: {listen: "[::1]:9100", textfile: /var/lib/node-exporter/hookd.prom, textfile_interval: 30}
 """
 
 
@@ -212,6 +219,7 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
     assert c.db_path == Path("/var/lib/hookd-test/queue.sqlite")
     assert c.allowed_users == ("ci", "1001")
     assert c.allowed_groups == ("wheel",)
+    system_ca = Path("/etc/ssl/certs/ca-certificates.crt")
     assert c.servers == {
         "prod": ServerConfig(
             "prod",
@@ -219,8 +227,11 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
             Path("/run/secrets/attic-prod"),
             # normalised like the client's origins: default port explicit
             allowed_origins=("https://api.cache.example.com:443",),
+            ca_file=Path("/etc/ssl/private-ca.pem"),
+            client_cert=Path("/run/secrets/hookd.crt"),
+            client_key=Path("/run/secrets/hookd.key"),
         ),
-        "staging": ServerConfig("staging", "http://10.0.0.2:8080/", None),
+        "staging": ServerConfig("staging", "http://10.0.0.2:8080/", None, ca_file=system_ca),
     }
     assert c.targets == (
         AtticTargetConfig("prod", "team"),
@@ -263,6 +274,20 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
     )
     assert (c.log_format, c.log_level) == ("json", "debug")
     assert c.nice == 5
+    prod, staging = c.servers["prod"], c.servers["staging"]
+    assert (prod.ca_file, prod.client_cert, prod.client_key) == (
+        Path("/etc/ssl/private-ca.pem"),
+        Path("/run/secrets/hookd.crt"),
+        Path("/run/secrets/hookd.key"),
+    )
+    # the top-level ca_file is every other server's bundle
+    assert staging.ca_file == Path("/etc/ssl/certs/ca-certificates.crt")
+    assert staging.client_cert is None
+    assert c.metrics == MetricsConfig(
+        listen=("::1", 9100),
+        textfile=Path("/var/lib/node-exporter/hookd.prom"),
+        textfile_interval=30,
+    )
 
 
 def test_full_example_uses_every_known_key() -> None:
@@ -274,6 +299,31 @@ def test_full_example_uses_every_known_key() -> None:
     assert set(raw["nix"]) == NIX_KEYS
     assert set(raw["log"]) == LOG_KEYS
     assert set(raw["servers"]["prod"]) == SERVER_KEYS
+    assert set(raw["metrics"]) == METRICS_KEYS
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [(9469, ("127.0.0.1", 9469)), ("0.0.0.0:9469", ("0.0.0.0", 9469)), ("[::]:1", ("::", 1))],
+)
+def test_metrics_listen_is_loopback_unless_a_host_is_given(
+    listen: object, expected: tuple[str, int]
+) -> None:
+    c = parse_config({"attic_config": False, "metrics": {"listen": listen}})
+    assert c.metrics.listen == expected
+    assert parse_config({"attic_config": False}).metrics == MetricsConfig()  # off by default
+
+
+@pytest.mark.parametrize("listen", ["localhost", "host:0", ":9469x", "h:70000", ":80"])
+def test_bad_metrics_listen_names_the_key(listen: str) -> None:
+    with pytest.raises(ConfigError, match=r"metrics\.listen.*HOST:PORT"):
+        parse_config({"attic_config": False, "metrics": {"listen": listen}})
+
+
+def test_client_cert_without_key_names_the_missing_key() -> None:
+    server = {"endpoint": "https://x/", "client_cert": "/run/c.pem"}
+    with pytest.raises(ConfigError, match=r"servers\.x\.client_key.*together"):
+        parse_config({"attic_config": False, "servers": {"x": server}})
 
 
 def test_readme_example_parses() -> None:

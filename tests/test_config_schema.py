@@ -81,7 +81,7 @@ def test_the_module_docs_list_every_key() -> None:
             rows.update({k: cells[2] for k in re.findall(r"`([a-z_]+)`", cells[1])})
     keys = json.loads(cfgmod.schema_text())["keys"]
     assert sorted(rows) == keys["top"]
-    for section in ("filter", "upload", "nix", "log"):
+    for section in ("filter", "upload", "nix", "log", "metrics"):
         listed = set(re.findall(r"`([a-z_]+)`", rows[section]))
         assert set(keys[section]) <= listed, (section, set(keys[section]) - listed)
 
