@@ -68,6 +68,13 @@ class CacheGoneError(ParkedError):
     """The cache does not exist (any more): whatever it was known to hold must be asked again."""
 
 
+class TlsConfigError(ParkedError):
+    """A configuration error in how the server is reached over TLS: its certificate is not
+    trusted, it wants a client certificate, a configured CA/certificate file is unusable, or it
+    does not speak TLS. Parked with a message naming the server and the key to set; retrying or
+    falling back to plain HTTP cannot help."""
+
+
 class PermanentError(PushError):
     """This path can never be pushed as things stand (e.g. 413 from a proxy). Dead-lettered."""
 

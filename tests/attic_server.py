@@ -39,6 +39,10 @@ Beyond the agreed interface (AtticTestServer, Faults, make_token, create_cache, 
 * ``faults.upload_response_delay``: upload-path answers this many seconds after the body's last
   byte (an atticd busy storing it); a client or proxy that gives up meanwhile cancels the
   upload (recorded as ``client-gone``, nothing stored), as a dropped axum handler does.
+* TLS: ``tls=ssl.SSLContext`` (server side) serves HTTPS (``srv.url`` is then ``https://``);
+  a context with ``verify_mode = CERT_REQUIRED`` requires client certificates (mTLS). The
+  handshake runs in the connection's thread, so a stalled client blocks nobody. From the command
+  line: ``--tls-cert``, ``--tls-key``, ``--tls-client-ca``.
 * "Chunked" uploads (nar_size >= nar_size_threshold > 0) report ``frac_deduplicated`` as a
   number, estimated over fixed 64 KiB blocks (no FastCDC); unchunked ones report null.
 """
@@ -48,6 +52,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import email.utils
 import hashlib
 import http
@@ -59,6 +64,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import sys
 import tempfile
@@ -778,6 +784,32 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_name = str(host)
         self.server_port = int(port)
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        tls = self.owner.tls
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        # In the request's own thread (ThreadingMixIn), unlike a wrapped listening socket.
+        request.settimeout(30)
+        conn = tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        try:
+            try:
+                conn.do_handshake()
+            except ssl.SSLError:
+                # Like a real TLS server: the alert is sent; close gracefully (half-close, then
+                # drain what the client already sent), so that a TLS 1.3 client, which sent its
+                # request before the server refused its (missing) certificate, reads the alert
+                # rather than a connection reset.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(conn, socket.SHUT_WR)
+                    conn.settimeout(2)
+                    while socket.socket.recv(conn, 65536):
+                        pass
+                raise
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError | _ClientGone):
@@ -1099,6 +1131,7 @@ class AtticTestServer:
         host: str = "127.0.0.1",
         port: int = 0,
         data_dir: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if algorithm not in ("HS256", "RS256"):
             raise ValueError(f"algorithm must be HS256 or RS256, not {algorithm!r}")
@@ -1141,6 +1174,7 @@ class AtticTestServer:
         self.substituter_endpoint = substituter_endpoint
         self.host = host
         self.port = port
+        self.tls = tls
         self.faults = Faults()
         self.requests: list[RequestRecord] = []
         self.uploads: list[tuple[str, str, str]] = []
@@ -1235,7 +1269,7 @@ class AtticTestServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/"
 
     @property
     def hs256_secret_b64(self) -> str:
@@ -2106,7 +2140,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soft-delete-caches", action="store_true")
     ap.add_argument("--api-endpoint", default=None)
     ap.add_argument("--data-dir", default=None, help="where NARs are stored (default: a temp dir)")
+    ap.add_argument("--tls-cert", default=None, help="serve HTTPS with this PEM certificate chain")
+    ap.add_argument("--tls-key", default=None, help="the certificate's PEM key")
+    ap.add_argument(
+        "--tls-client-ca", default=None, help="require client certificates from this CA"
+    )
     args = ap.parse_args(argv)
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            tls.load_verify_locations(args.tls_client_ca)
+            tls.verify_mode = ssl.CERT_REQUIRED
 
     secret = base64.b64decode(args.hs256_secret_base64) if args.hs256_secret_base64 else None
     srv = AtticTestServer(
@@ -2120,6 +2166,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
+        tls=tls,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -21,6 +21,7 @@ import asyncio
 import email.utils
 import json
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
@@ -47,6 +48,13 @@ from hookd.attic.answers import (
 )
 from hookd.attic.names import origin
 from hookd.attic.redact import Redactor
+from hookd.attic.tls import (
+    TlsConfig,
+    client_context,
+    explain,
+    proxy_refused_client_cert,
+    tls_failure,
+)
 from hookd.errors import (
     AuthError,
     BadAnswerError,
@@ -57,6 +65,7 @@ from hookd.errors import (
     PushError,
     RedirectError,
     ServerUnreachableError,
+    TlsConfigError,
     TransientError,
 )
 
@@ -136,6 +145,7 @@ class AtticClient:
         request_timeout: float = 300.0,
         max_connections: int = 6,
         allowed_origins: Collection[str] = (),
+        tls: TlsConfig | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
@@ -145,8 +155,19 @@ class AtticClient:
         self._token = token
         self._redactor = redactor
         self._origins = {origin(self.endpoint)} | {origin(o) for o in allowed_origins}
+        # TLS: the system store unless the configuration names a CA bundle or a client
+        # certificate. A file that cannot be used parks the target (at the first https request)
+        # with the key to fix, rather than stopping the daemon.
+        self._tls = tls or TlsConfig(name, self.endpoint)
+        self._tls_error: TlsConfigError | None = None
+        verify: ssl.SSLContext | bool = True
+        try:
+            verify = client_context(self._tls)
+        except TlsConfigError as e:
+            self._tls_error = e
         self._client = httpx.AsyncClient(
             transport=transport,
+            verify=verify,
             http1=True,
             http2=False,
             timeout=httpx.Timeout(request_timeout, connect=min(10.0, request_timeout)),
@@ -345,6 +366,8 @@ class AtticClient:
         nar_size: int | None = None,
     ) -> _Answer:
         url = base + path
+        if self._tls_error is not None and url.startswith("https:"):
+            raise self._tls_error
         all_headers = dict(headers or {})
         if origin(url) in self._origins:  # never hand the token to another origin
             token = self._token()
@@ -375,8 +398,11 @@ class AtticClient:
             ) from None
         except CorruptUploadError:
             raise
+        except ssl.SSLError as e:  # a TLS alert read after the handshake arrives unwrapped
+            raise explain(e, self._tls) from None
         except httpx.HTTPError as e:  # transport errors, and bodies that fail to decode
-            raise self._transport_error(e, op, base) from None
+            # A TLS failure is a configuration error; never retried, never retried over http.
+            raise (tls_failure(e, self._tls) or self._transport_error(e, op, base)) from None
         if 200 <= answer.status < 300:
             if not answer.whole:
                 raise BadAnswerError(
@@ -421,6 +447,8 @@ class AtticClient:
 
     def _http_error(self, a: _Answer, op: str, url: str, *, nar_size: int | None) -> PushError:
         status = a.status
+        if (refused := proxy_refused_client_cert(status, a.text, self._tls)) is not None:
+            return refused  # nginx's answer to a missing or refused client certificate
         err: ErrorBody = parse_error(a.json(), a.text)
         message = self._redactor.clean(err.message)
         kind = self._redactor.clean(err.error, 64) if err.error else None

@@ -27,6 +27,7 @@ from hookd.attic.answers import CacheConfig
 from hookd.attic.claims import CLAIM_NAMESPACE, cache_permission, caches_of, decode_claims, granted
 from hookd.attic.client import AtticClient, ServerCorruptError, parse_retry_after
 from hookd.attic.routes import encode_nar_info, nar_info
+from hookd.attic.tls import TlsConfig
 from hookd.backoff import Backoff
 from hookd.config import ServerConfig, UploadConfig
 from hookd.errors import (
@@ -128,6 +129,7 @@ class AtticTarget:
             request_timeout=upload.request_timeout,
             max_connections=upload.concurrency + 2,
             allowed_origins=server.allowed_origins,
+            tls=TlsConfig.of(server),
             transport=transport,
         )
         self._config: CacheConfig | None = None
