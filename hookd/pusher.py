@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from hookd import metrics
 from hookd.backoff import Backoff
 from hookd.errors import (
     AuthError,
@@ -144,6 +145,7 @@ class TargetStats:
     last_error_at: float | None = None
     pushed_paths: int = 0
     pushed_bytes: int = 0
+    parked_class: metrics.FailureClass | None = None  # why the target's items are parked
 
 
 class TargetWorker:
@@ -257,7 +259,7 @@ class TargetWorker:
         needed = [graph[p] for p in sorted(wanted - known)]
         start = time.monotonic()
         if not needed:  # the whole closure is known to be there: no request at all
-            await self.queue.mark_done(tid, live, ())
+            metrics.record_completed(await self.queue.mark_done(tid, live, ()))
             return
         try:
             report = await self.target.push(needed)
@@ -290,13 +292,14 @@ class TargetWorker:
                 by_error.setdefault(root, report.failed[failed[0]])
         if done:
             self.timeouts.forget(done)
-            await self.queue.mark_done(tid, done, ())
+            metrics.record_completed(await self.queue.mark_done(tid, done, ()))
         for root, err in by_error.items():
             await self._apply(root, attempts, err)
         elapsed = int((time.monotonic() - start) * 1000)
         self.stats.last_success = time.time()
         self.stats.pushed_paths += len(report.uploaded)
         self.stats.pushed_bytes += report.bytes_sent
+        metrics.record_push(tid, len(report.uploaded), report.bytes_sent)
         log.info(
             "batch",
             target=tid,
@@ -329,9 +332,10 @@ class TargetWorker:
         else:
             await self._fail([root], err if isinstance(err, PushError) else PushError(str(err)))
 
-    def _note(self, err: Exception) -> None:
+    def _note(self, err: Exception) -> metrics.FailureClass:
         self.stats.last_error = str(err)
         self.stats.last_error_at = time.time()
+        return metrics.record_failure(self.target.id, err)
 
     async def _transient(
         self, roots: Sequence[str], attempts: dict[str, int], err: TransientError | PushError
@@ -354,7 +358,7 @@ class TargetWorker:
     async def _park(self, roots: Sequence[str], err: PushError) -> None:
         """A token or cache problem holds for the whole target: park everything queued for it,
         not just this batch, so the rest of the queue does not knock on the same door."""
-        self._note(err)
+        self.stats.parked_class = self._note(err)
         if isinstance(err, CacheGoneError):
             forgotten = await self.queue.forget_pushed(self.target.id)
             log.warning("cache.gone", target=self.target.id, forgotten=forgotten)

@@ -113,6 +113,14 @@ class TargetCounts:
     oldest_pending: float | None = None
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What metrics read at scrape time: per-target counts and unresolved requests."""
+
+    counts: list[TargetCounts]
+    requests: int
+
+
 class Queue:
     """The queue. ``open()`` starts the writer thread; every public method is a coroutine."""
 
@@ -370,20 +378,40 @@ class Queue:
 
         return await self._call(op)
 
-    async def mark_done(self, target: str, roots: Sequence[str], pushed: Iterable[str]) -> None:
+    async def mark_done(
+        self, target: str, roots: Sequence[str], pushed: Iterable[str]
+    ) -> list[float]:
+        """Mark ``roots`` done on ``target``. Returns, for each root that thereby reached every
+        target, the seconds since it entered the queue (the push latency metrics report)."""
         now = time.time()
         pushed_rows = [(p, target, now) for p in set(pushed) | set(roots)]
 
-        def op(c: sqlite3.Connection) -> None:
+        def op(c: sqlite3.Connection) -> list[float]:
             c.executemany(
                 "INSERT OR IGNORE INTO pushed (path, target, at) VALUES (?, ?, ?)", pushed_rows
             )
+            fresh = [
+                p
+                for p in roots
+                if c.execute(
+                    "SELECT 1 FROM items WHERE path = ? AND target = ? AND state != 'done'",
+                    (p, target),
+                ).fetchone()
+            ]
             c.executemany(
                 "UPDATE items SET state = 'done', reason = NULL, updated = ? WHERE path = ? AND target = ?",
                 [(now, p, target) for p in roots],
             )
+            latencies = []
+            for p in fresh:
+                added, left = c.execute(
+                    "SELECT MIN(added), SUM(state != 'done') FROM items WHERE path = ?", (p,)
+                ).fetchone()
+                if not left:
+                    latencies.append(now - added)
+            return latencies
 
-        await self._call(op)
+        return await self._call(op)
 
     async def record_pushed(self, target: str, paths: Iterable[str]) -> None:
         """The target confirmed it has ``paths`` (uploaded, or present when asked): trust anew."""
@@ -501,18 +529,19 @@ class Queue:
     # -- reporting ---------------------------------------------------------------------
 
     async def counts(self) -> list[TargetCounts]:
-        def op(c: sqlite3.Connection) -> list[TargetCounts]:
-            by: dict[str, dict[str, Any]] = {}
-            for target, state, n, oldest in c.execute(
-                "SELECT target, state, COUNT(*), MIN(added) FROM items GROUP BY target, state"
-            ):
-                entry = by.setdefault(target, {"target": target})
-                entry[state] = n
-                if state == PENDING:
-                    entry["oldest_pending"] = oldest
-            return [TargetCounts(**v) for _, v in sorted(by.items())]
+        return await self._call(_counts)
 
-        return await self._call(op)
+    def snapshot(self) -> Snapshot:
+        """Counts for a metrics scrape, from any thread, through a read-only connection of its
+        own: WAL lets it read while the writer commits, and it never queues behind the writer."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=1.0, check_same_thread=False)
+        try:
+            counts = _counts(conn)
+            requests = int(conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+        finally:
+            conn.close()
+        return Snapshot(counts, requests)
 
     async def pending_requests(self) -> int:
         return await self._call(
@@ -592,3 +621,15 @@ class Queue:
         return await self._call(
             lambda c: dict(c.execute("SELECT path, reason FROM skipped").fetchall())
         )
+
+
+def _counts(c: sqlite3.Connection) -> list[TargetCounts]:
+    by: dict[str, dict[str, Any]] = {}
+    for target, state, n, oldest in c.execute(
+        "SELECT target, state, COUNT(*), MIN(added) FROM items GROUP BY target, state"
+    ):
+        entry = by.setdefault(target, {"target": target})
+        entry[state] = n
+        if state == PENDING:
+            entry["oldest_pending"] = oldest
+    return [TargetCounts(**v) for _, v in sorted(by.items())]

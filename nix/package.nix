@@ -53,6 +53,8 @@ python3Packages.buildPythonApplication {
     watchfiles
     pyjwt
     cryptography
+    prometheus-client
+    certifi
   ];
 
   # The post-build hook's fast entry point. hookd/hook.py is standalone and stdlib-only: run by

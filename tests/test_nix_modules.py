@@ -1170,7 +1170,9 @@ class TestFlake:
         assert p["buildSystem"] == ["setuptools"]
         # the same runtime dependencies as pyproject.toml declares (names as nixpkgs spells them)
         declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-        names = [re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower() for d in declared]
+        names = [
+            re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in declared
+        ]
         assert sorted(p["dependencies"]) == sorted(names)
         assert "sniffio" in names  # httpcore imports it on every request (issue 14)
         assert p["mainProgram"] == "hookd" and p["overlay"] == "hookd-0.1.0"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from hookd import __version__
+from hookd import __version__, metrics
 from hookd.backoff import Backoff
 from hookd.config import Config
 from hookd.daemon.events import Progress, wait_event
@@ -89,6 +89,12 @@ class Daemon:
             started=self.started,
         )
         self.server = SocketServer(config, self.handlers.routes(), self.stopping)
+        self.exporter = metrics.Exporter(
+            config.metrics,
+            metrics.registry(
+                metrics.StateCollector(self.queue.snapshot, self.workers, config.spool_dir)
+            ),
+        )
 
     async def start(self) -> None:
         cfg = self.config
@@ -117,6 +123,8 @@ class Daemon:
         spawn("liveness", self.liveness.run)
         if self.tokens is not None:
             spawn("tokens", self.token_loop)
+        self.exporter.start()
+        spawn("metrics", functools.partial(self.exporter.textfile_loop, self.stopping))
         for worker in self.workers:
             spawn(f"worker {worker.target.id}", functools.partial(worker.run, self.stopping))
         log.info(
@@ -160,6 +168,7 @@ class Daemon:
                 await target.close()
             except Exception as e:
                 log.warning("target.close_failed", target=target.id, error=str(e))
+        self.exporter.stop()
         self.queue.close()
         log.info("daemon.stopped", unfinished_tasks=len(pending))
 

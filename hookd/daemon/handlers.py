@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hookd import __version__
+from hookd import __version__, metrics
 from hookd import protocol as proto
 from hookd.config import Config
 from hookd.daemon.events import Progress
@@ -64,6 +64,7 @@ class Handlers:
 
     async def enqueue(self, request: proto.Enqueue) -> proto.EnqueueReply:
         fresh = await self.queue.add_request(request.drv_path, request.out_paths, request.source)
+        metrics.record_requests("socket", request.source)
         self.wake_resolver()
         return {"queued": fresh}
 

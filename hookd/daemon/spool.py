@@ -19,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from hookd import metrics
 from hookd import protocol as proto
 from hookd.queue import Queue
 
@@ -134,6 +135,7 @@ class Spool:
                 continue
             await self.queue.add_request(request.drv_path, request.out_paths, "spool")
             path.unlink(missing_ok=True)  # only after the commit above
+            metrics.record_requests("spool", request.source)
             imported += 1
         if imported:
             log.info("spool.imported", files=imported)
@@ -142,6 +144,7 @@ class Spool:
 
     def quarantine(self, path: Path, reason: str) -> None:
         """Move ``path`` out of the way; on any failure, remember it and carry on."""
+        metrics.record_quarantined()
         moved_to = self.quarantine_dir / path.name
         try:
             if not self.quarantine_dir.is_dir() or self.quarantine_dir.is_symlink():

@@ -254,6 +254,8 @@ let
           "watchfiles"
           "pyjwt"
           "cryptography"
+          "prometheus-client"
+          "certifi"
         ] (n: fakeDrv n { })
         // {
           python = fakeDrv "python3" { interpreter = "${builtins.storeDir}/${zeros}-python3/bin/python3"; };
