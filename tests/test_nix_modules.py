@@ -351,6 +351,8 @@ SHARED_OPTIONS = {
     "verbose",
 }
 
+METRICS_OPTIONS = {"metrics.enable", "metrics.listenAddress", "metrics.port", "metrics.textfile"}
+
 
 def check_option_docs(docs: list[dict[str, Any]], extra: set[str]) -> None:
     """The options render for the manual, each with a description, and the schema is shared."""
@@ -370,7 +372,8 @@ class TestNixOS:
     def test_options(self, nixos: Any) -> None:
         check_option_docs(
             nixos["default"]["optionDocs"],
-            {"user", "group", "createUser", "adminGroup", "atticConfigFile"},
+            {"user", "group", "createUser", "adminGroup", "atticConfigFile", "metrics.openFirewall"}
+            | METRICS_OPTIONS,
         )
 
     def test_hook_script(self, nixos: Any) -> None:
@@ -515,8 +518,11 @@ class TestNixOS:
             "spool_dir": "/var/lib/hookd/spool",
             "state_dir": "/var/lib/hookd",
             "targets": [{"cache": "main", "server": "main"}],
+            "ca_file": "/etc/ssl/certs/ca-certificates.crt",  # the system bundle (security.pki)
         }
         cfg = hookd_parses(text, monkeypatch)
+        assert cfg.servers["main"].ca_file == Path("/etc/ssl/certs/ca-certificates.crt")
+        assert cfg.metrics.listen is None and cfg.metrics.textfile is None  # metrics are opt-in
         # The daemon reads the systemd credential, never /run/secrets.
         assert cfg.servers["main"].token_file == Path("/run/credentials/hookd.service/attic-main")
         assert cfg.targets == (AtticTargetConfig(server="main", cache="main"),)
@@ -548,6 +554,15 @@ class TestNixOS:
         )
         assert {"/srv/hookd", "/srv/hookd/spool"} <= set(sc["ReadWritePaths"])
         assert "--socket /srv/hookd/hookd.sock --spool /srv/hookd/spool" in c["hook"]
+
+    def test_metrics_options(self, nixos: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        m = nixos["metrics"]
+        assert m["failed"] == []
+        cfg = hookd_parses(m["yaml"], monkeypatch)
+        assert cfg.metrics.listen == ("::", 9100)
+        assert cfg.metrics.textfile == Path("/var/lib/node-exporter/hookd.prom")
+        assert m["firewall"] == [9100] and m["defaultFirewall"] == []  # openFirewall is opt-in
+        assert "/var/lib/node-exporter" in m["serviceConfig"]["ReadWritePaths"]
 
     def test_system_user(self, nixos: Any) -> None:
         d = nixos["default"]
@@ -809,8 +824,15 @@ class TestDarwin:
     def test_options(self, darwin: Any) -> None:
         check_option_docs(
             darwin["default"]["optionDocs"],
-            {"user", "group", "createUser", "uid", "gid", "logFile", "atticConfigFile"},
+            {"user", "group", "createUser", "uid", "gid", "logFile", "atticConfigFile"}
+            | METRICS_OPTIONS,
         )
+
+    def test_metrics_on_loopback(self, darwin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        m = darwin["metrics"]
+        assert m["failed"] == []
+        cfg = hookd_parses(m["yaml"], monkeypatch)
+        assert cfg.metrics.listen == ("127.0.0.1", 9469) and cfg.metrics.textfile is None
 
     def test_launchd_plist(self, darwin: Any) -> None:
         for text in (darwin["default"]["plist"], darwin["default"]["x86_64"]):

@@ -407,4 +407,41 @@ rec {
       in
       builtins.elem host local || lib.hasPrefix "127." host || lib.hasSuffix ".localhost" host
     ) cfg.servers;
+
+  # services.attic-post-build-hook.metrics (NixOS and nix-darwin; docs/metrics.md).
+  metricsOptions = {
+    enable = lib.mkEnableOption "hookd's Prometheus metrics on `listenAddress`:`port` (/metrics)";
+    listenAddress = lib.mkOption {
+      type = lib.types.str;
+      default = "127.0.0.1";
+      example = "::";
+      description = "Address the metrics listener binds to. It has no authentication: keep it on loopback unless only your Prometheus can reach the host.";
+    };
+    port = lib.mkOption {
+      type = lib.types.port;
+      default = schema.defaults.metrics.port;
+      description = "Port of the metrics listener.";
+    };
+    textfile = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "/var/lib/prometheus-node-exporter/textfile/hookd.prom";
+      description = "Also write the metrics to this node-exporter textfile (atomically, every `settings.metrics.textfile_interval` seconds). The daemon must be able to write to its directory.";
+    };
+  };
+
+  # What the metrics options put into the YAML (nothing when both are off).
+  metricsSettings =
+    m:
+    lib.mkIf (m.enable || m.textfile != null) {
+      metrics =
+        lib.optionalAttrs m.enable {
+          listen =
+            if lib.hasInfix ":" m.listenAddress then
+              "[${m.listenAddress}]:${toString m.port}"
+            else
+              "${m.listenAddress}:${toString m.port}";
+        }
+        // lib.optionalAttrs (m.textfile != null) { inherit (m) textfile; };
+    };
 }

@@ -37,6 +37,7 @@ in
     inherit stateDir;
     spoolDir = "${stateDir}/spool";
   } // {
+    metrics = common.metricsOptions;
     user = lib.mkOption {
       type = lib.types.str;
       default = "root";
@@ -117,7 +118,10 @@ in
         If it already has a post-build-hook, move that to
         services.attic-post-build-hook.extraPostBuildHook.'';
 
-    services.attic-post-build-hook.settings = common.render cfg (_: s: toString s.tokenFile);
+    services.attic-post-build-hook.settings = lib.mkMerge [
+      (common.render cfg (_: s: toString s.tokenFile))
+      (common.metricsSettings cfg.metrics)
+    ];
     services.attic-post-build-hook.postBuildHook = common.hookScript {
       inherit cfg;
       socket = esc (toString cfg.settings.socket);

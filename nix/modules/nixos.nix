@@ -132,6 +132,13 @@ in
         {option}`services.attic-post-build-hook.group` may use them.
       '';
     };
+    metrics = common.metricsOptions // {
+      openFirewall = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        description = "Open {option}`services.attic-post-build-hook.metrics.port` in the firewall.";
+      };
+    };
     createUser = lib.mkOption {
       type = lib.types.bool;
       default = cfg.user == "hookd";
@@ -206,7 +213,13 @@ in
         allowed_groups = [ cfg.group ] ++ lib.optional (cfg.adminGroup != null) cfg.adminGroup;
       }
       (lib.mkIf (cfg.adminGroup != null) { socket_group = cfg.adminGroup; })
+      # TLS: the system's CA bundle (security.pki), so private CAs added there are trusted too.
+      { ca_file = lib.mkDefault "/etc/ssl/certs/ca-certificates.crt"; }
+      (common.metricsSettings cfg.metrics)
     ];
+    networking.firewall.allowedTCPPorts = lib.mkIf (
+      cfg.metrics.enable && cfg.metrics.openFirewall
+    ) [ cfg.metrics.port ];
     services.attic-post-build-hook.postBuildHook = common.hookScript {
       inherit cfg;
       socket = lib.escapeShellArg (toString cfg.settings.socket);
@@ -290,7 +303,10 @@ in
         ];
         StateDirectory = map (below "/var/lib") managedState;
         StateDirectoryMode = "0750";
-        ReadWritePaths = otherDirs ++ lib.optional gcRoots gcRootsDir;
+        ReadWritePaths =
+          otherDirs
+          ++ lib.optional gcRoots gcRootsDir
+          ++ lib.optional (cfg.metrics.textfile != null) (unitPath (dirOf cfg.metrics.textfile));
 
         CapabilityBoundingSet = [ "" ];
         DevicePolicy = "closed";

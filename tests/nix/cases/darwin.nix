@@ -53,6 +53,15 @@ in
     }).config.environment.launchDaemons."org.nixos.hookd.plist".text;
   };
 
+  metrics = view (
+    with' (
+      base
+      // {
+        metrics.enable = true;
+      }
+    )
+  );
+
   createdUser = view (
     with' (
       base

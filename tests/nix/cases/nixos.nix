@@ -169,6 +169,28 @@ in
     )
   );
 
+  # Metrics on all addresses with the port opened, and a node-exporter textfile.
+  metrics =
+    let
+      ev = with' (
+        base
+        // {
+          metrics = {
+            enable = true;
+            listenAddress = "::";
+            port = 9100;
+            openFirewall = true;
+            textfile = "/var/lib/node-exporter/hookd.prom";
+          };
+        }
+      );
+    in
+    view ev
+    // {
+      firewall = ev.config.networking.firewall.allowedTCPPorts;
+      defaultFirewall = (with' base).config.networking.firewall.allowedTCPPorts;
+    };
+
   # What the modules read from the schema, to compare with hookd.config.schema().
   schema =
     let
