@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hookd import metrics
+from hookd import __version__, errors, metrics
 from hookd.queue import Queue
 from tests.attic_server import AtticTestServer
 from tests.conftest import (
@@ -238,3 +239,31 @@ def test_example_alerts_use_only_metrics_hookd_exposes(tmp_path: Path) -> None:
     # and every metric the docs' table describes exists too
     documented = set(re.findall(r"^\| `(hookd_[a-z_]+)", text, flags=re.M))
     assert documented and documented <= exposed, documented - exposed
+
+
+# -- classes and a scrape without a readable queue ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "cls"),
+    [
+        (errors.TransientError("x"), "transient"),
+        (errors.AuthError("x"), "auth"),
+        (errors.CacheGoneError("x"), "missing_cache"),
+        (errors.TlsConfigError("x"), "configuration"),
+        (errors.ParkedError("x"), "configuration"),
+        (errors.PermanentError("x"), "permanent"),
+        (errors.CorruptUploadError("x"), "corrupt_upload"),
+    ],
+)
+def test_every_error_class_has_its_bounded_label(error: Exception, cls: str) -> None:
+    assert metrics.failure_class(error) == cls
+    assert cls in metrics.FAILURE_CLASSES
+
+
+def test_a_scrape_answers_when_the_queue_cannot_be_read(tmp_path: Path) -> None:
+    queue = Queue(tmp_path / "missing" / "queue.sqlite")  # never opened: the file does not exist
+    reg = metrics.registry(metrics.StateCollector(queue.snapshot, [], tmp_path))
+    samples = parse(generate_latest(reg).decode())
+    assert value(samples, "hookd_queue_readable") == 0
+    assert value(samples, "hookd_build_info", version=__version__) == 1
