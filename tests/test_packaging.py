@@ -42,6 +42,7 @@ OPTIONAL = {
     "click": "httpx: its command-line client",
     "bcrypt": "cryptography: bcrypt-protected SSH keys",
     "org": "a Jython probe (org.python.core)",
+    "snappy": "prometheus_client: snappy compression of Pushgateway pushes (hookd never pushes)",
 }
 
 PROBE = r"""
