@@ -21,12 +21,14 @@ import jwt
 import pytest
 import yaml
 
+from hookd.attic import routes
+from hookd.attic.claims import CLAIM_NAMESPACE
+from hookd.attic.client import AtticClient
 from hookd.duration import parse_duration
 from hookd.errors import ConfigError
 from hookd.provision import command, spec
 from hookd.provision.admin import AtticAdmin, CacheState
 from hookd.provision.claims import (
-    CLAIM_NAMESPACE,
     caches_claim,
     patterns_overlap,
     permission_for,
@@ -68,13 +70,16 @@ class Recorder:
 @pytest.fixture
 def rec(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     recorder = Recorder()
-    original = AtticAdmin._request
+    original = AtticClient._call
 
-    def spy(self: AtticAdmin, method: str, cache: str, body: object = None) -> httpx.Response:
-        recorder.calls.append((method, cache, body))
-        return original(self, method, cache, body)
+    async def spy(
+        self: AtticClient, method: str, base: str, path: str, **kw: Any
+    ) -> Any:  # every request goes through AtticClient._call
+        if path.startswith(routes.cache_config("")):
+            recorder.calls.append((method, path.rsplit("/", 1)[-1], kw.get("json_body")))
+        return await original(self, method, base, path, **kw)
 
-    monkeypatch.setattr(AtticAdmin, "_request", spy)
+    monkeypatch.setattr(AtticClient, "_call", spy)
     return recorder
 
 

@@ -1,12 +1,14 @@
-"""The one module of provision that speaks HTTP to Attic: ``/_api/v1/cache-config/{cache}``
-with the admin token (GET, POST, PATCH, DELETE), in Attic's wire format.
+"""Provision's admin actions on cache-config (read, create, configure, destroy), through the one
+Attic client (``hookd.attic``): the wire format and the HTTP calls live there.
 
-Everything else in provision works with CacheState and YAML field names, so this module is the
-only one to change when the calls move to a shared Attic client.
+This module translates between provision's YAML field names (CacheState) and the client's typed
+answers, and turns the client's error classes into ProvisionError messages in one place
+(``_provision_error``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +16,19 @@ from typing import cast
 
 import httpx
 
-from hookd.errors import ProvisionError
+from hookd.attic import answers, routes
+from hookd.attic.answers import CacheConfig
+from hookd.attic.blocking import BlockingAtticClient
+from hookd.errors import (
+    AuthError,
+    BadAnswerError,
+    CacheGoneError,
+    DeadlineError,
+    ProvisionError,
+    PushError,
+    ServerUnreachableError,
+    TransientError,
+)
 from hookd.provision.claims import flag_list
 from hookd.provision.spec import GLOBAL, Retention
 
@@ -41,39 +55,44 @@ class CacheState:
         return cast(object, getattr(self, name))
 
 
-def _state_from_json(data: object, cache: str) -> CacheState:
-    try:
-        assert isinstance(data, dict)
-        retention = data.get("retention_period", "Global")
-        if retention == "Global":
-            parsed: Retention = GLOBAL
-        else:
-            assert isinstance(retention, dict)
-            parsed = int(retention["Period"])
-        return CacheState(
-            public=bool(data["is_public"]),
-            priority=int(data["priority"]),
-            upstream_cache_key_names=tuple(str(s) for s in data["upstream_cache_key_names"]),
-            store_dir=str(data["store_dir"]),
-            retention_period=parsed,
-            public_key=data.get("public_key"),
+def _state(config: CacheConfig, cache: str) -> CacheState:
+    """The client's answer in YAML terms; a field provision compares must be there."""
+    lacking = [
+        name
+        for name, value in (
+            ("is_public", config.is_public),
+            ("priority", config.priority),
+            ("store_dir", config.store_dir),
         )
-    except (AssertionError, KeyError, TypeError, ValueError):
+        if value is None
+    ]
+    if lacking:
         raise ProvisionError(
-            f"unexpected cache-config for '{cache}' from the server: {str(data)[:200]}"
-        ) from None
+            f"unexpected cache-config for '{cache}' from the server: no {', '.join(lacking)}"
+        )
+    assert config.is_public is not None and config.priority is not None
+    assert config.store_dir is not None
+    retention = config.retention_period
+    return CacheState(
+        public=config.is_public,
+        priority=config.priority,
+        upstream_cache_key_names=config.upstream_cache_key_names,
+        store_dir=config.store_dir,
+        retention_period=GLOBAL if retention is None or retention == answers.GLOBAL else retention,
+        public_key=config.public_key,
+    )
 
 
 def _wire(name: str, value: object) -> object:
     if name == "retention_period":
-        return "Global" if value == GLOBAL else {"Period": value}
+        return routes.retention_wire(answers.GLOBAL if value == GLOBAL else cast(int, value))
     if name == "upstream_cache_key_names":
         return list(cast(tuple[str, ...], value))
     return value
 
 
 class AtticAdmin:
-    """GET/POST/PATCH/DELETE ``/_api/v1/cache-config/{cache}`` with the admin token."""
+    """cache-config with the admin token: GET, POST, PATCH, DELETE."""
 
     def __init__(
         self,
@@ -81,21 +100,15 @@ class AtticAdmin:
         token: str | None,
         *,
         timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server_url = server_url
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(
-            base_url=server_url,
-            headers=headers,
-            timeout=timeout,
-            follow_redirects=False,
-            transport=transport,
+        self.client = BlockingAtticClient(
+            server_url, token, name=server_url, request_timeout=timeout, transport=transport
         )
-        self.writes = 0
 
     def close(self) -> None:
-        self._client.close()
+        self.client.close()
 
     def __enter__(self) -> AtticAdmin:
         return self
@@ -103,117 +116,102 @@ class AtticAdmin:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, cache: str, body: object = None) -> httpx.Response:
-        path = f"_api/v1/cache-config/{cache}"
-        try:
-            if body is None:
-                return self._client.request(method, path)
-            return self._client.request(method, path, json=body)
-        except httpx.ConnectError as e:
-            raise ProvisionError(
-                f"cannot reach Attic server at {self.server_url}: {_reason(e)}"
-            ) from None
-        except httpx.TimeoutException:
-            raise ProvisionError(
-                f"cannot reach Attic server at {self.server_url}: timed out"
-            ) from None
-        except httpx.HTTPError as e:
-            raise ProvisionError(
-                f"request to Attic server at {self.server_url} failed: {_reason(e)}"
-            ) from None
-
     def get(self, cache: str) -> CacheState | None:
-        r = self._request("GET", cache)
-        if r.status_code == 200:
-            try:
-                data = r.json()
-            except ValueError:
-                data = r.text
-            return _state_from_json(data, cache)
-        kind, message = _error(r)
-        if r.status_code == 404 and kind == "NoSuchCache":
-            return None
-        if r.status_code == 404:
-            raise ProvisionError(
-                f"{self.server_url} does not look like an Attic server: GET "
-                f"/_api/v1/cache-config/{cache} answered 404 {message}"
-            )
-        if r.status_code == 401:
-            raise ProvisionError(
-                f"the server refused to show cache '{cache}' (401 Unauthorized): the admin token "
-                "is invalid, expired or signed with another secret, or grants nothing on this name"
-            )
-        if r.status_code == 403:
-            raise ProvisionError(
-                f"the admin token may not read cache '{cache}' (403): it needs pull on it so "
-                "provision can compare its settings"
-            )
-        raise ProvisionError(f"GET cache '{cache}': {message}")
+        try:
+            found = self.client.find_cache(cache)
+        except PushError as e:
+            raise _provision_error(e, self.server_url, "show", cache, set()) from None
+        return None if found is None else _state(found, cache)
 
     def substituter(self, cache: str) -> str:
         """The URL Nix substitutes from: Attic serves each cache's binary cache at /{cache}."""
-        return f"{self.server_url}{cache}"
+        return self.client.client.endpoint + cache
 
     def create(self, cache: str, settings: Mapping[str, object]) -> bool:
         """POST with a new keypair and ``settings`` (YAML names); False when the cache already
         exists (CacheAlreadyExists)."""
-        body: dict[str, object] = {"keypair": "Generate"}
-        body.update({WIRE_FIELDS[k]: _wire(k, v) for k, v in settings.items()})
-        self.writes += 1
-        r = self._request("POST", cache, body)
-        if r.status_code == 200:
-            return True
-        kind, message = _error(r)
-        if r.status_code == 400 and kind == "CacheAlreadyExists":
-            return False
-        raise ProvisionError(_refused("create", cache, r.status_code, message, {"cc"}))
+        spec = routes.CreateCache(
+            is_public=cast(bool, settings["public"]),
+            store_dir=cast(str, settings["store_dir"]),
+            priority=cast(int, settings["priority"]),
+            upstream_cache_key_names=tuple(
+                cast(tuple[str, ...], settings["upstream_cache_key_names"])
+            ),
+        )
+        try:
+            return self.client.create_cache(cache, spec)
+        except PushError as e:
+            raise _provision_error(e, self.server_url, "create", cache, {"cc"}) from None
 
     def configure(self, cache: str, fields: Mapping[str, object]) -> None:
         """PATCH only ``fields`` (YAML names)."""
         body = {WIRE_FIELDS[k]: _wire(k, v) for k, v in fields.items()}
-        self.writes += 1
-        r = self._request("PATCH", cache, body)
-        if r.status_code == 200:
-            return
-        _, message = _error(r)
         needs = {"cr", "cq"} if "retention_period" in body else {"cr"}
-        text = _refused("configure", cache, r.status_code, message, needs)
-        if r.status_code == 403 and "retention_period" in body:
-            text += " (changing retention_period needs configure_retention (cq) as well as configure_cache (cr))"
-        raise ProvisionError(text)
+        try:
+            self.client.configure_cache(cache, body)
+        except PushError as e:
+            raise _provision_error(e, self.server_url, "configure", cache, needs) from None
 
     def destroy(self, cache: str) -> bool:
         """DELETE; False when the cache was already gone."""
-        self.writes += 1
-        r = self._request("DELETE", cache)
-        if r.status_code == 200:
-            return True
-        kind, message = _error(r)
-        if r.status_code == 404 and kind == "NoSuchCache":
-            return False
-        raise ProvisionError(_refused("destroy", cache, r.status_code, message, {"cd"}))
+        try:
+            return self.client.destroy_cache(cache)
+        except PushError as e:
+            raise _provision_error(e, self.server_url, "destroy", cache, {"cd"}) from None
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text.splitlines()[-1] if text else text)
-    return text[:1].lower() + text[1:]
-
-
-def _error(r: httpx.Response) -> tuple[str, str]:
-    """(Attic error kind or '', readable message) — Attic errors are JSON, axum's plain text."""
-    try:
-        data = r.json()
-        if isinstance(data, dict) and "error" in data:
-            return str(data["error"]), f"{r.status_code} {data['error']}: {data.get('message', '')}"
-    except ValueError:
-        pass
-    text = " ".join(r.text.split())[:200]
-    return "", f"HTTP {r.status_code}" + (f": {text}" if text else "")
-
-
-def _refused(action: str, cache: str, status: int, message: str, needs: set[str]) -> str:
-    text = f"the server refused to {action} cache '{cache}' ({message})"
-    if status in (401, 403):
+def _provision_error(
+    e: PushError, server_url: str, action: str, cache: str, needs: set[str]
+) -> ProvisionError:
+    """The one place a client error becomes what `hookd provision` tells its user."""
+    if isinstance(e, ServerUnreachableError):
+        return ProvisionError(f"cannot reach Attic server at {server_url}: {_reason(e)}")
+    if isinstance(e, DeadlineError):
+        return ProvisionError(f"cannot reach Attic server at {server_url}: timed out")
+    if isinstance(e, BadAnswerError) and action == "show":
+        return ProvisionError(f"unexpected cache-config for '{cache}' from the server: {e}")
+    if isinstance(e, TransientError) and e.status is None:
+        return ProvisionError(f"request to Attic server at {server_url} failed: {e}")
+    if action == "show":
+        if isinstance(e, AuthError) and e.status == 401:
+            return ProvisionError(
+                f"the server refused to show cache '{cache}' (401 Unauthorized): the admin token "
+                "is invalid, expired or signed with another secret, or grants nothing on this name"
+            )
+        if isinstance(e, AuthError):
+            return ProvisionError(
+                f"the admin token may not read cache '{cache}' ({e.status}): it needs pull on it "
+                "so provision can compare its settings"
+            )
+        if e.status == 404:
+            return ProvisionError(
+                f"{server_url} does not look like an Attic server: GET "
+                f"{routes.cache_config(cache)} answered 404 ({e})"
+            )
+        return ProvisionError(f"GET cache '{cache}': {e}")
+    if isinstance(e, CacheGoneError):
+        return ProvisionError(f"cache '{cache}' does not exist (any more): {e}")
+    text = f"the server refused to {action} cache '{cache}' ({e})"
+    if isinstance(e, AuthError):
         text += f": the admin token needs {flag_list(needs)} on '{cache}'"
-    return text
+        if "cq" in needs:
+            text += (
+                " (changing retention_period needs configure_retention (cq) as well as "
+                "configure_cache (cr))"
+            )
+    return ProvisionError(text)
+
+
+def _reason(e: BaseException) -> str:
+    """Why a connection failed, as a person reads it first ("connection refused"): the system
+    error under the client's exception (httpx's async "All connection attempts failed" hides
+    it in the chain), else the last part of the client's message."""
+    seen: BaseException | None = e
+    for _ in range(10):  # bounded: a chain is a few links deep
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno).lower()
+        seen = seen.__cause__ or seen.__context__
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(e).rsplit(": ", 1)[-1])
+    return text[:1].lower() + text[1:]

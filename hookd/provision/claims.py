@@ -1,7 +1,9 @@
-"""Attic's token claim: permission flags, cache-name patterns and the first-match lookup.
+"""Provision's side of Attic's token claim: YAML permission names, and building a ``caches``
+claim whose first-match lookup gives every cache the union of the grants that match it.
 
-Attic looks a cache name up in the ``caches`` object of the claim: the exact key first, then the
-FIRST matching pattern in JSON order, with no merging (Attic issue #133).
+The claim namespace, cache-name rules and Attic's own lookup live in ``hookd.attic.claims`` and
+``hookd.attic.names`` (Attic takes the exact key first, then the FIRST matching pattern in JSON
+order, with no merging: docs/attic-api.md §5).
 """
 
 from __future__ import annotations
@@ -9,9 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-CLAIM_NAMESPACE = "https://jwt.attic.rs/v1"
-CACHE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_+]{0,49}")  # used with fullmatch
-CACHE_PATTERN_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9\-_+*]{0,49}")
+from hookd.attic.claims import granted, lookup, pattern_matches
 
 # YAML permission name → Attic claim flag (§5.3), in Attic's own order.
 PERMISSIONS: dict[str, str] = {
@@ -26,14 +26,6 @@ PERMISSIONS: dict[str, str] = {
 SHORTHANDS: dict[str, tuple[str, ...]] = {"read": ("pull",), "write": ("pull", "push")}
 FLAG_ORDER = tuple(PERMISSIONS.values())
 FLAG_NAMES = {flag: name for name, flag in PERMISSIONS.items()}
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile("".join(".*" if c == "*" else re.escape(c) for c in pattern), re.DOTALL)
-
-
-def pattern_matches(pattern: str, name: str) -> bool:
-    return _glob(pattern).fullmatch(name) is not None
 
 
 def pattern_subsumes(general: str, specific: str) -> bool:
@@ -118,12 +110,10 @@ def permission_for(
     claim: Mapping[str, Mapping[str, object]], name: str
 ) -> tuple[str | None, set[str]]:
     """What Attic grants ``name`` under a ``caches`` claim: (matching key, flags)."""
-    key: str | None = name if name in claim else None
-    if key is None:
-        key = next((p for p in claim if "*" in p and pattern_matches(p, name)), None)
-    if key is None:
+    found = lookup(claim, name)
+    if found is None:
         return None, set()
-    return key, {f for f, v in claim[key].items() if v == 1 and not isinstance(v, bool)}
+    return found[0], set(granted(found[1]))
 
 
 def flag_list(flags: set[str] | frozenset[str]) -> str:

@@ -20,8 +20,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from hookd.attic.claims import CLAIM_NAMESPACE
+from hookd.attic.names import CACHE_PATTERN_RE
 from hookd.errors import ConfigError, ProvisionError
-from hookd.provision.claims import CACHE_PATTERN_RE, CLAIM_NAMESPACE
 from hookd.provision.spec import ENV_HS256, ENV_RS256, ProvisionConfig, TokenSpec
 
 

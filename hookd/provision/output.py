@@ -6,17 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from hookd.attic.redact import Redactor
 from hookd.errors import ConfigError, ProvisionError
 from hookd.provision.keys import MintedToken
-
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
 class Output:
@@ -24,16 +22,15 @@ class Output:
 
     def __init__(self, stdout: TextIO, stderr: TextIO, *, json_mode: bool = False) -> None:
         self.stdout, self.stderr, self.json_mode = stdout, stderr, json_mode
-        self._secrets: list[str] = []
+        # the daemon's redaction: secrets, fragments of them and anything shaped like a JWT
+        self._redactor = Redactor(mask="[REDACTED]")
 
     def add_secret(self, secret: str | None) -> None:
         if secret and len(secret) >= 8:
-            self._secrets.append(secret)
+            self._redactor.add(secret)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[REDACTED]")
-        return _JWT_RE.sub("[REDACTED]", text)  # anything shaped like a token, whatever its source
+        return self._redactor.redact(text)
 
     def info(self, text: str) -> None:
         print(self.redact(text), file=self.stderr if self.json_mode else self.stdout)

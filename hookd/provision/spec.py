@@ -17,11 +17,10 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from hookd import yamlfile
+from hookd.attic.names import CACHE_NAME_RE, CACHE_PATTERN_RE
 from hookd.duration import format_duration, parse_duration
 from hookd.errors import ConfigError
 from hookd.provision.claims import (
-    CACHE_NAME_RE,
-    CACHE_PATTERN_RE,
     PERMISSIONS,
     SHORTHANDS,
     caches_claim,
