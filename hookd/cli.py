@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -12,11 +13,11 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hookd import __version__
 from hookd import protocol as proto
-from hookd.config import Config, load_config
+from hookd.config import AtticTargetConfig, Config, load_config
 from hookd.duration import is_duration, parse_duration
 from hookd.errors import (
     EXIT_FAILURE,
@@ -29,6 +30,9 @@ from hookd.errors import (
 )
 from hookd.logs import setup_logging
 from hookd.provision import options as provision_options
+
+if TYPE_CHECKING:
+    from hookd.tokens import TokenStore
 
 
 class DaemonUnreachable(HookdError):
@@ -290,6 +294,60 @@ def _parse_since(text: str) -> float:
         ) from None
 
 
+def _same(value: str | None) -> str | None:
+    return value
+
+
+async def _check_pull(config: Config, tokens: TokenStore | None) -> int:
+    """The pull side of every Attic target (hookd.pullcheck); returns the number of problems."""
+    from hookd.attic.client import AtticClient
+    from hookd.attic.redact import Redactor
+    from hookd.pullcheck import check_pull
+    from hookd.queue import Queue
+
+    queue = Queue(config.db_path).open() if config.db_path.exists() else None
+    bad = 0
+    try:
+        for i, t in enumerate(config.targets):
+            if not isinstance(t, AtticTargetConfig):
+                continue
+            server = config.servers[t.server]
+            redactor = tokens.redactor if tokens is not None else Redactor()
+            try:
+                token = tokens.get(server.name) if tokens is not None else None
+            except HookdError as e:
+                print(f"pull {t.id}: no pull credentials ({e}); checking without a token")
+                token = None
+            client = AtticClient(
+                server.endpoint,
+                name=server.name,
+                token=functools.partial(_same, token),
+                redactor=redactor,
+                request_timeout=min(30.0, config.upload.request_timeout),
+                allowed_origins=server.allowed_origins,
+            )
+            try:
+                pushed = await queue.last_pushed(t.id) if queue is not None else None
+                report = await check_pull(
+                    client,
+                    t.cache,
+                    configured_key=t.public_key,
+                    key_setting=f"targets[{i}].public_key",
+                    pushed=pushed,
+                )
+            finally:
+                await client.aclose()
+            for note in report.notes:
+                print(f"pull {t.id}: {note}")
+            for problem in report.problems:
+                print(f"pull {t.id}: problem: {problem}")
+            bad += len(report.problems)
+    finally:
+        if queue is not None:
+            queue.close()
+    return bad
+
+
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     from hookd.daemon import build_targets
     from hookd.nix import Nix
@@ -331,6 +389,7 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
             return bad
 
         problems += asyncio.run(reach())
+        problems += asyncio.run(_check_pull(config, tokens))
     else:
         print(
             f"targets: none configured; the daemon pushes to the embedded cache file://{config.default_cache_dir}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import dataclasses
 import hashlib
 import json
@@ -94,6 +96,8 @@ class ServerConfig:
 class AtticTargetConfig:
     server: str
     cache: str
+    # The key clients trust for this cache (`name:base64`); `hookd check` compares the cache's.
+    public_key: str | None = None
 
     @property
     def id(self) -> str:
@@ -515,7 +519,7 @@ def _target(item: object, key: str, r: _Reader, servers: dict[str, ServerConfig]
             store=r.string(entry["store"], f"{key}.store"),
             secret_key_file=r.path(skf, f"{key}.secret_key_file") if skf else None,
         )
-    entry = r.mapping(item, key, {"server", "cache"})
+    entry = r.mapping(item, key, {"server", "cache", "public_key"})
     if "cache" not in entry:
         raise r.fail(key, "{server: NAME, cache: NAME} or {store: URL}", item)
     cache = r.string(entry["cache"], f"{key}.cache")
@@ -541,7 +545,24 @@ def _target(item: object, key: str, r: _Reader, servers: dict[str, ServerConfig]
             f"one of the configured servers ({', '.join(sorted(servers)) or 'none'})",
             server,
         )
-    return AtticTargetConfig(server=server, cache=cache)
+    public_key = entry.get("public_key")
+    if public_key is not None:
+        public_key = r.string(public_key, f"{key}.public_key")
+        name, sep, b64 = public_key.partition(":")
+        if not name or not sep or not _is_ed25519_key(b64):
+            raise r.fail(
+                f"{key}.public_key",
+                "a Nix public key NAME:BASE64 (32 bytes), as `hookd provision` prints it",
+                public_key,
+            )
+    return AtticTargetConfig(server=server, cache=cache, public_key=public_key)
+
+
+def _is_ed25519_key(text: str) -> bool:
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 def attic_client_config_path() -> Path:

@@ -467,6 +467,18 @@ class Queue:
 
         return await self._call(op)
 
+    async def last_pushed(self, target: str) -> str | None:
+        """The path the target was most recently seen to have (``hookd check`` asks the cache
+        for its narinfo), or None when nothing was pushed to it yet."""
+
+        def op(c: sqlite3.Connection) -> str | None:
+            row = c.execute(
+                "SELECT path FROM pushed WHERE target = ? ORDER BY at DESC LIMIT 1", (target,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._call(op)
+
     async def forget_pushed(self, target: str) -> int:
         """The target lost what it had (its cache was deleted): ask about every path again."""
         return await self._call(

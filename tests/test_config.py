@@ -541,7 +541,7 @@ def test_several_unknown_keys_are_all_named() -> None:
             },
             "'targets[0]'",
             "x",
-            {"server", "cache"},
+            {"server", "cache", "public_key"},
         ),
         (
             {"targets": [{"store": "file:///x", "key": "/k"}]},
@@ -650,6 +650,11 @@ SERVER = {"prod": {"endpoint": "https://cache.example.com/"}}
         ({"targets": 5}, "targets", "a list of"),
         ({"targets": "prod"}, "targets", "a list of"),
         ({"servers": SERVER, "targets": ["prod/team"]}, "targets[0]", "a mapping"),
+        (
+            {"servers": SERVER, "targets": [{"cache": "team", "public_key": "team:c2hvcnQ="}]},
+            "targets[0].public_key",
+            "a Nix public key NAME:BASE64 (32 bytes)",
+        ),
         (
             {"servers": SERVER, "targets": [{"server": "prod"}]},
             "targets[0]",
