@@ -151,7 +151,7 @@ PEERS = [
         "credentials exported as environment variables at start: restart needed (§3)",
         "token read once at start: restart needed (§4)",
         "`token-file` re-read when the config is loaded (attic PR #51; §0.3)",
-        "token file (`--auth-token-path`); re-reading not covered in peers.md",
+        "token file (`--auth-token-path`); re-reading not covered in docs/peers.md",
         "rotation",
     ),
     (
@@ -181,10 +181,10 @@ PEERS = [
     ),
     (
         "malformed requests on the socket",
-        "not covered in peers.md",
-        "not covered in peers.md",
+        "not covered in docs/peers.md",
+        "not covered in docs/peers.md",
         "—",
-        "not covered in peers.md",
+        "not covered in docs/peers.md",
         "fuzz",
     ),
 ]
@@ -493,7 +493,7 @@ def render(out: Path, dest: Path) -> str:
     w("")
     w(
         "What the other uploaders do in the same situations, from the project's survey of the "
-        'peers (`peers.md`; section and issue numbers are the ones it cites, "ran" marks '
+        'peers (`docs/peers.md`; section and issue numbers are the ones it cites, "ran" marks '
         "behaviour it measured; zhaofengli/attic#166 is from `docs/attic-api.md` §10), next to what "
         "this run measured for hookd."
     )
