@@ -19,15 +19,7 @@ from hookd import __version__
 from hookd import protocol as proto
 from hookd.config import AtticTargetConfig, Config, load_config
 from hookd.duration import is_duration, parse_duration
-from hookd.errors import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    ConfigError,
-    HookdError,
-    exit_status,
-)
+from hookd.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, HookdError, run_command
 from hookd.logs import setup_logging
 from hookd.provision import options as provision_options
 
@@ -481,20 +473,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hookd.provision.command import run_parsed
 
         return run_parsed(args)
-    try:
-        config = load_config(args.config)
-        if args.socket:
-            config = _with_socket(config, args.socket)
-        setup_logging(config.log_format, config.log_level)
-        return COMMANDS[args.command](args, config)
-    except proto.ProtocolError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
-    except HookdError as e:
-        print(str(e), file=sys.stderr)
-        return exit_status(e)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+
+    def body() -> int:
+        try:
+            config = load_config(args.config)
+            if args.socket:
+                config = _with_socket(config, args.socket)
+            setup_logging(config.log_format, config.log_level)
+            return COMMANDS[args.command](args, config)
+        except proto.ProtocolError as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run_command(body, lambda text: print(text, file=sys.stderr))
 
 
 def _with_socket(config: Config, socket_path: Path) -> Config:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 # Exit status of every hookd command: the same for `hookd …`, `hookd provision` and
 # `attic-provision`.
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -110,3 +112,16 @@ class ProvisionError(HookdError):
 def exit_status(error: HookdError) -> int:
     """A wrong configuration or command line is a usage error (2); anything else a failure (1)."""
     return EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILURE
+
+
+def run_command(body: Callable[[], int], report: Callable[[str], None]) -> int:
+    """Run a command the one way every hookd command ends: a HookdError is reported (its
+    message already says "error: ...") and becomes the exit status; Ctrl-C exits 130."""
+    try:
+        return body()
+    except HookdError as e:
+        report(str(e))
+        return exit_status(e)
+    except KeyboardInterrupt:
+        report("error: interrupted")
+        return EXIT_INTERRUPTED

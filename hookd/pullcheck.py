@@ -63,12 +63,17 @@ def verifies(public_key: str, info: NarInfo) -> bool | None:
     return False
 
 
-def _refused(where: str, e: PushError) -> str:
-    return (
-        f"{where} refuses the pull credentials ({e}): a private cache needs a token with pull "
-        "(r) on it in the clients' netrc (the pull modules build it from the server's "
-        "token_file); a public one needs none"
-    )
+def _problem(where: str, what: str, e: PushError) -> str:
+    """What a failed pull request means for the clients, and what to change."""
+    if isinstance(e, AuthError):
+        return (
+            f"{where} refuses the pull credentials for {what} ({e}): a private cache needs a "
+            "token with pull (r) on it in the clients' netrc (the pull modules build it from the "
+            "server's token_file); a public one needs none"
+        )
+    if isinstance(e, CacheGoneError):
+        return f"{where} does not exist: clients substituting from it get 404s"
+    return f"{where}: {what} is not served: {e}"
 
 
 async def check_pull(
@@ -86,14 +91,8 @@ async def check_pull(
     where = f"cache {cache} on server {client.name}"
     try:
         info = await client.nix_cache_info(cache)
-    except AuthError as e:
-        report.problems.append(_refused(where, e))
-        return report
-    except CacheGoneError:
-        report.problems.append(f"{where} does not exist: clients substituting from it get 404s")
-        return report
     except PushError as e:
-        report.problems.append(f"{where}: nix-cache-info is not served: {e}")
+        report.problems.append(_problem(where, "nix-cache-info", e))
         return report
     report.notes.append(
         f"{where}: serves nix-cache-info (store {info.store_dir}, priority "
@@ -128,11 +127,8 @@ async def check_pull(
     hash_part = pushed.rsplit("/", 1)[-1].split("-", 1)[0]
     try:
         narinfo = await client.narinfo(cache, hash_part)
-    except AuthError as e:
-        report.problems.append(_refused(f"{where} (narinfo of {pushed})", e))
-        return report
     except PushError as e:
-        report.problems.append(f"{where}: narinfo of {pushed} is not served: {e}")
+        report.problems.append(_problem(where, f"the narinfo of {pushed}", e))
         return report
     if narinfo is None:
         report.problems.append(

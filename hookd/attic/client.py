@@ -249,45 +249,55 @@ class AtticClient:
 
     async def create_cache(self, cache: str, spec: routes.CreateCache) -> bool:
         """POST cache-config (needs ``cc``). False when the cache already exists."""
-        try:
-            await self._call(
-                "POST",
-                self.endpoint,
-                routes.cache_config(cache),
-                op="create cache",
-                json_body=spec.body(),
-                cap=ERROR_CAP,
-            )
-        except PermanentError as e:
-            if e.status == 400 and e.kind == "CacheAlreadyExists":
-                return False
-            raise
-        return True
+        return await self._write_config(
+            "POST",
+            cache,
+            "create cache",
+            spec.body(),
+            nothing_done=lambda e: e.status == 400 and e.kind == "CacheAlreadyExists",
+        )
 
     async def configure_cache(self, cache: str, patch: Mapping[str, object]) -> None:
         """PATCH cache-config (needs ``cr``, and ``cq`` when ``retention_period`` is set).
         Build values with ``routes.retention_wire`` / ``CreateCache``'s conventions."""
-        await self._call(
-            "PATCH",
-            self.endpoint,
-            routes.cache_config(cache),
-            op="configure cache",
-            json_body=dict(patch),
-            cap=ERROR_CAP,
+        await self._write_config(
+            "PATCH", cache, "configure cache", dict(patch), nothing_done=lambda e: False
         )
 
     async def destroy_cache(self, cache: str) -> bool:
         """DELETE cache-config (needs ``cd``). False when the cache was already gone."""
+        return await self._write_config(
+            "DELETE",
+            cache,
+            "destroy cache",
+            None,
+            nothing_done=lambda e: isinstance(e, CacheGoneError),
+        )
+
+    async def _write_config(
+        self,
+        method: str,
+        cache: str,
+        op: str,
+        body: object,
+        *,
+        nothing_done: Callable[[PushError], bool],
+    ) -> bool:
+        """A cache-config write; False when the server's refusal means there was nothing to
+        do (``nothing_done``), any other error is raised."""
         try:
             await self._call(
-                "DELETE",
+                method,
                 self.endpoint,
                 routes.cache_config(cache),
-                op="destroy cache",
+                op=op,
+                json_body=body,
                 cap=ERROR_CAP,
             )
-        except CacheGoneError:
-            return False
+        except PushError as e:
+            if nothing_done(e):
+                return False
+            raise
         return True
 
     # -- pushing -----------------------------------------------------------------------------

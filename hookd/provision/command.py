@@ -29,14 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from hookd.duration import format_duration
-from hookd.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    ConfigError,
-    HookdError,
-    exit_status,
-)
+from hookd.errors import EXIT_OK, EXIT_USAGE, ConfigError, run_command
 from hookd.provision.admin import AtticAdmin
 from hookd.provision.keys import (
     AdminToken,
@@ -93,14 +86,7 @@ def run_parsed(args: argparse.Namespace, *, netrc_on_stdout: bool = False) -> in
     stdout_mode = netrc_on_stdout and _destination(args) is None
     args.netrc_on_stdout = stdout_mode
     out = Output(sys.stdout, sys.stderr, json_mode=args.json or stdout_mode)
-    try:
-        return run(args, out, os.environ)
-    except HookdError as e:
-        out.error(str(e))
-        return exit_status(e)
-    except KeyboardInterrupt:
-        out.error("error: interrupted")
-        return EXIT_INTERRUPTED
+    return run_command(lambda: run(args, out, os.environ), out.error)
 
 
 # Where minted tokens go; "stdout" is attic-provision's netrc lines when no option says otherwise.

@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from hookd.attic.claims import CLAIM_NAMESPACE
+from hookd.attic.claims import CLAIM_NAMESPACE, decode_claims
 from hookd.attic.names import CACHE_PATTERN_RE
 from hookd.errors import ConfigError, ProvisionError
 from hookd.provision.spec import ENV_HS256, ENV_RS256, ProvisionConfig, TokenSpec
@@ -102,11 +102,10 @@ class AdminToken:
 
 
 def inspect_admin_token(token: str, source: str, now: float) -> AdminToken:
-    try:
-        header = jwt.get_unverified_header(token)
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    claims = decode_claims(token)
+    if claims is None:
         return AdminToken(None)
+    header = jwt.get_unverified_header(token)  # decodable: decode_claims read it
     where = f"the admin token ({source})"
     exp, nbf = claims.get("exp"), claims.get("nbf")
     if isinstance(exp, int | float) and now > exp:
