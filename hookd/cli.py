@@ -290,7 +290,23 @@ def _same(value: str | None) -> str | None:
     return value
 
 
-async def _check_pull(config: Config, tokens: TokenStore | None) -> int:
+def _netrc_password(path: Path, endpoint: str) -> str | None:
+    """The password of the netrc entry Nix would use for ``endpoint`` (None: no entry)."""
+    import netrc
+    from urllib.parse import urlsplit
+
+    try:
+        entry = netrc.netrc(str(path)).authenticators(urlsplit(endpoint).hostname or "")
+    except (OSError, netrc.NetrcParseError) as e:
+        # the parse error quotes no secret (only the file, line and the token it choked on
+        # when that is not a password), but keep it short anyway
+        raise ConfigError(f"--netrc {path}: cannot read it: {type(e).__name__}") from None
+    return entry[2] if entry is not None and entry[2] else None
+
+
+async def _check_pull(
+    config: Config, tokens: TokenStore | None, netrc_file: Path | None = None
+) -> int:
     """The pull side of every Attic target (hookd.pullcheck); returns the number of problems."""
     from hookd.attic.client import AtticClient
     from hookd.attic.redact import Redactor
@@ -306,7 +322,13 @@ async def _check_pull(config: Config, tokens: TokenStore | None) -> int:
             server = config.servers[t.server]
             redactor = tokens.redactor if tokens is not None else Redactor()
             try:
-                token = tokens.get(server.name) if tokens is not None else None
+                if netrc_file is not None:
+                    token = _netrc_password(netrc_file, server.endpoint)
+                    redactor.add(token)
+                    if token is None:
+                        print(f"pull {t.id}: {netrc_file} has no entry for this server's host")
+                else:
+                    token = tokens.get(server.name) if tokens is not None else None
             except HookdError as e:
                 print(f"pull {t.id}: no pull credentials ({e}); checking without a token")
                 token = None
@@ -381,7 +403,7 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
             return bad
 
         problems += asyncio.run(reach())
-        problems += asyncio.run(_check_pull(config, tokens))
+        problems += asyncio.run(_check_pull(config, tokens, args.netrc))
     else:
         print(
             f"targets: none configured; the daemon pushes to the embedded cache file://{config.default_cache_dir}"
@@ -443,7 +465,17 @@ def get_parser() -> argparse.ArgumentParser:
         "--since",
         help="a duration (2h, 3d, 1w2d, 1y), epoch seconds or an ISO date (default: all)",
     )
-    add("check", "validate config and token files, reach every target")
+    p = add(
+        "check",
+        "validate config and token files, reach every target, check each Attic target's pull side",
+    )
+    p.add_argument(
+        "--netrc",
+        type=Path,
+        metavar="FILE",
+        help="check the pull side with the credentials in this netrc, as Nix clients use it "
+        "(default: the server's token, which the pull modules put in the clients' netrc)",
+    )
     # no `common` parent: provision's --config is its YAML, and it needs no daemon config
     p = sub.add_parser(
         "provision",

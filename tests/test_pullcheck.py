@@ -141,3 +141,35 @@ def test_hookd_check_runs_the_pull_side_per_target(srv: AtticTestServer, tmp_pat
     assert f"problem: cache team on server prod signs with public key {srv.public_key('team')}" in (
         bad.stdout
     )
+
+
+@needs_nix
+def test_hookd_check_with_a_netrc_uses_its_credentials(
+    srv: AtticTestServer, tmp_path: Path
+) -> None:
+    """`--netrc FILE`: the pull side is checked with what Nix clients would send."""
+    token = write_token(
+        tmp_path / "prod.token", srv.make_token({"team": {"r": 1, "w": 1}}, validity=30 * 86400)
+    )
+    settings = {
+        "state_dir": str(tmp_path / "state"),
+        "socket": str(tmp_path / "hookd.sock"),
+        "servers": {"prod": {"endpoint": srv.url, "token_file": str(token)}},
+        "targets": [{"server": "prod", "cache": "team"}],
+    }
+    config = tmp_path / "hookd.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    env = nix_env(HOOKD_CONFIG=str(config))
+    netrc = tmp_path / "netrc"
+    pull = srv.make_token({"team": {"r": 1}}, validity=30 * 86400)
+    netrc.write_text(f"machine 127.0.0.1 login pull password {pull}\n")
+    argv = [HOOKD, "check", "--netrc", str(netrc)]
+    ok = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "pull attic:prod/team: cache team on server prod: nothing was pushed" in ok.stdout
+    assert pull not in ok.stdout + ok.stderr
+    netrc.write_text("machine elsewhere.example login pull password x\n")
+    bad = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"{netrc} has no entry for this server's host" in bad.stdout
+    assert "refuses the pull credentials for nix-cache-info" in bad.stdout
