@@ -254,6 +254,17 @@ def test_redirect_elsewhere_names_status_and_host(
     assert "servers.prod.endpoint" in str(err)
 
 
+def test_redirect_to_an_unparseable_location_is_a_redirect_error(
+    srv: AtticTestServer, tmp_path: Path, token: str
+) -> None:
+    """httpx builds a redirect's next request even when not following it; a Location it cannot
+    parse (found by tests/test_attic_fuzz.py) must still be classified, not escape."""
+    srv.faults.status_script = [(302, {"Location": "A:0"}, b"")]
+    err = push_error(make_target(srv, tmp_path, token), [fake_path("p")])
+    assert isinstance(err, RedirectError) and isinstance(err, ParkedError)
+    assert "invalid URL" in str(err) and "servers.prod.endpoint" in str(err)
+
+
 # -- the admin calls provision uses, and the binary-cache routes -----------------------------
 
 

@@ -410,6 +410,15 @@ class AtticClient:
             raise
         except ssl.SSLError as e:  # a TLS alert read after the handshake arrives unwrapped
             raise explain(e, self._tls) from None
+        except httpx.InvalidURL:
+            # httpx builds the next request of a 3xx even when it does not follow it, so an
+            # unparseable Location raises here: still a redirect hookd will not follow.
+            raise RedirectError(
+                f"{op} on server {self.name} ({self.endpoint}): a redirect to an invalid URL; "
+                "hookd does not follow redirects with a token. Point "
+                f"servers.{self.name}.endpoint at the Attic server itself (the URL under which "
+                "/_api/v1/ is served)"
+            ) from None
         except httpx.HTTPError as e:  # transport errors, and bodies that fail to decode
             # A TLS failure is a configuration error; never retried, never retried over http.
             raise (tls_failure(e, self._tls) or self._transport_error(e, op, base)) from None
