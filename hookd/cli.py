@@ -310,6 +310,7 @@ async def _check_pull(
     """The pull side of every Attic target (hookd.pullcheck); returns the number of problems."""
     from hookd.attic.client import AtticClient
     from hookd.attic.redact import Redactor
+    from hookd.attic.tls import TlsConfig
     from hookd.pullcheck import check_pull
     from hookd.queue import Queue
 
@@ -339,6 +340,7 @@ async def _check_pull(
                 redactor=redactor,
                 request_timeout=min(30.0, config.upload.request_timeout),
                 allowed_origins=server.allowed_origins,
+                tls=TlsConfig.of(server),  # the server's CA bundle and client certificate
             )
             try:
                 pushed = await queue.last_pushed(t.id) if queue is not None else None
