@@ -21,6 +21,7 @@ import yaml
 
 from hookd import cli
 from hookd import config as hookd_config
+from hookd.errors import ConfigError
 from hookd.provision import spec as provision_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,7 +211,7 @@ def test_readme_daemon_config_examples_parse() -> None:
 
 
 def test_the_yaml_check_catches_an_unknown_key() -> None:
-    with pytest.raises(hookd_config.ConfigError):
+    with pytest.raises(ConfigError):
         hookd_config.parse_config({"attic_config": False, "upload": {"concurency": 4}})
 
 
