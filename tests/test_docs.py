@@ -321,3 +321,13 @@ def test_module_table_names_every_module_under_hookd() -> None:
 def test_module_table_rows_exist() -> None:
     gone = [r for r in _module_rows() if not (ROOT / r).exists()]
     assert not gone, f"module table rows for files that do not exist: {gone}"
+
+
+def test_every_doc_page_is_linked_from_the_readme() -> None:
+    linked = {
+        (README.parent / target.partition("#")[0]).resolve()
+        for _, target in links(README)
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target)
+    }
+    orphans = [_rel(d) for d in DOCS if d != README and d.resolve() not in linked]
+    assert not orphans, f"docs pages the README does not link to: {orphans}"
