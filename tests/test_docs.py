@@ -331,3 +331,17 @@ def test_every_doc_page_is_linked_from_the_readme() -> None:
     }
     orphans = [_rel(d) for d in DOCS if d != README and d.resolve() not in linked]
     assert not orphans, f"docs pages the README does not link to: {orphans}"
+
+
+def test_readme_socket_ops_are_the_protocols() -> None:
+    from hookd import protocol
+
+    text = README.read_text()
+    section = text.split("### The socket protocol", 1)[1].split("\n## ", 1)[0]
+    ops_text = section.split("Ops:", 1)[1].split("Replies", 1)[0]
+    named = set(CODE_SPAN.findall(ops_text))
+    assert protocol.OPS <= named, f"ops the README omits: {sorted(protocol.OPS - named)}"
+    source = (ROOT / "hookd" / "protocol.py").read_text()
+    fields = named - protocol.OPS
+    unknown = {f for f in fields if f'"{f}"' not in source}
+    assert not unknown, f"request fields the README names that hookd/protocol.py lacks: {unknown}"
