@@ -39,6 +39,9 @@ Beyond the agreed interface (AtticTestServer, Faults, make_token, create_cache, 
 * ``faults.upload_response_delay``: upload-path answers this many seconds after the body's last
   byte (an atticd busy storing it); a client or proxy that gives up meanwhile cancels the
   upload (recorded as ``client-gone``, nothing stored), as a dropped axum handler does.
+* ``faults.upload_hold_after`` = N: after N uploads, the next ones wait before reading their
+  body until ``faults.upload_release`` (a threading.Event) is set; ``faults.uploads_held``
+  counts them, so a test can act while an upload is provably in flight.
 * TLS: ``tls=ssl.SSLContext`` (server side) serves HTTPS (``srv.url`` is then ``https://``);
   a context with ``verify_mode = CERT_REQUIRED`` requires client certificates (mTLS). The
   handshake runs in the connection's thread, so a stalled client blocks nobody. From the command
@@ -564,6 +567,13 @@ class Faults:
     # compressing and writing to its storage). A client (or proxy) that gives up meanwhile
     # cancels the upload, as a dropped axum handler does: nothing is stored.
     upload_response_delay: float = 0.0
+    # upload-path: once this many uploads have passed (-1: off), the next ones wait, before
+    # reading their body, until ``upload_release`` is set; ``uploads_held`` counts them. A test
+    # then acts (kill -9 the client, say) while an upload is provably in flight, on any machine.
+    upload_hold_after: int = -1
+    upload_release: threading.Event = field(default_factory=threading.Event)
+    uploads_passed: int = 0
+    uploads_held: int = 0
     max_body_size: int | None = None
     include_binary_cache: bool = False  # fail_rate also hits the binary-cache routes
     # status_script answers are written one byte per trickle_delay seconds (each read is
@@ -595,6 +605,8 @@ class Faults:
             self.status_script.clear()
             self.slow_body_delay = 0.0
             self.upload_response_delay = 0.0
+            self.upload_hold_after = -1
+            self.upload_release.set()
             self.max_body_size = None
             self.include_binary_cache = False
             self.trickle_delay = 0.0
@@ -605,6 +617,17 @@ class Faults:
             return False
         with self._lock:
             return self._rng.random() < rate
+
+    def _hold_upload(self) -> bool:
+        """Count an upload; True if it must wait for ``upload_release``."""
+        with self._lock:
+            if self.upload_hold_after < 0:
+                return False
+            if self.uploads_passed < self.upload_hold_after:
+                self.uploads_passed += 1
+                return False
+            self.uploads_held += 1
+            return True
 
     def _pop_huge(self) -> int:
         with self._lock:
@@ -1210,6 +1233,7 @@ class AtticTestServer:
             self._listen()
 
     def stop(self) -> None:
+        self.faults.upload_release.set()  # no handler thread stays held past the server
         with self._state_lock:
             self._unlisten()
             self._close_connections()
@@ -1951,6 +1975,8 @@ class AtticTestServer:
         assert x.body is not None
         info = self._upload_info(x)  # 400 before auth
         self._auth_cache(x, info.cache, "w")
+        if self.faults._hold_upload():
+            self.faults.upload_release.wait()
         with self._lock:
             existing = self._nars.get(info.nar_hash)
         if existing is not None:

@@ -289,13 +289,20 @@ def test_check_command_reports_tokens_and_targets(srv: AtticTestServer, tmp_path
 
 
 def _descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` alive at the time; processes and threads may end while they
+    are listed (their /proc entries vanish: FileNotFoundError, ProcessLookupError), which just
+    means they are not there."""
     found, todo = [], [pid]
     while todo:
         p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:  # the process ended
+            continue
+        for task in tasks:
             try:
-                kids = [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
+                kids = [int(k) for k in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+            except (OSError, ValueError):
                 continue
             found.extend(kids)
             todo.extend(kids)
@@ -307,6 +314,10 @@ def test_token_never_in_argv_or_environment_of_daemon_or_children(
 ) -> None:
     token = srv.make_token({"team": {"r": 1, "w": 1}}, sub="secret-check")
     hookd = attic_daemon(tmp_path, {"prod": (srv, token)})
+    # The server holds the upload before reading its body: the streaming `nix-store --dump`
+    # child stays alive (blocked on a full pipe) until the scan below has seen it, however fast
+    # or loaded the machine is.
+    srv.faults.upload_hold_after = 0
     hookd.start()
     assert hookd.proc is not None
     n = nonce()
@@ -326,9 +337,10 @@ def test_token_never_in_argv_or_environment_of_daemon_or_children(
                 continue
         return any(b"nix-store" in v for v in seen.values())
 
-    deadline = time.monotonic() + 60
-    while not children_seen():  # a tight scan of /proc while the 64 MiB upload is in flight
+    deadline = time.monotonic() + 300
+    while not children_seen():  # a tight scan of /proc while the 64 MiB upload is held
         assert time.monotonic() < deadline, "never saw the upload's nix-store --dump child"
+    srv.faults.upload_release.set()
     secret = token.encode()
     for pid, blob in seen.items():
         assert secret not in blob, f"token found in argv/environ of pid {pid}"

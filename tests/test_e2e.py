@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.attic_server import AtticTestServer
 from tests.conftest import (
     HOOKD,
     HOOKD_HOOK,
@@ -27,6 +28,7 @@ from tests.conftest import (
     requisites,
     substitute,
     until,
+    write_token,
 )
 
 pytestmark = [needs_nix, pytest.mark.nix]
@@ -229,28 +231,46 @@ def test_fifty_concurrent_hooks_lose_nothing(hookd: HookdProcess) -> None:
 
 
 def test_kill9_during_push_loses_no_acknowledged_path(tmp_path: Path) -> None:
-    hookd = HookdProcess(tmp_path, {"upload": {"batch_size": 2}})
-    hookd.start()
-    n = nonce()
-    proc = nix_build(["many"], nonce_value=n, args={"count": "40"})
-    outs = built_paths(proc.stdout)
-    acked = []
-    for out in outs:
-        reply = hookd.client.call({"op": "enqueue", "out_paths": [out], "source": "test"})
-        assert reply["ok"]
-        acked.append(out)
-    # kill -9 while pushing: some but not all done
-    deadline = time.monotonic() + 60
-    while True:
+    # The push goes to the Attic test server, which holds every upload after the fourth: the
+    # kill then provably lands mid-push (some paths done, one upload in flight, the rest queued)
+    # however fast or loaded the machine is.
+    with AtticTestServer() as srv:
+        srv.create_cache("team")
+        token = write_token(tmp_path / "secrets" / "prod.token", srv.root_token())
+        hookd = HookdProcess(
+            tmp_path,
+            {
+                "servers": {"prod": {"endpoint": srv.url, "token_file": str(token)}},
+                "targets": [{"server": "prod", "cache": "team"}],
+                "upload": {"batch_size": 2},
+            },
+        )
+        srv.faults.upload_hold_after = 4
+        hookd.start()
+        n = nonce()
+        proc = nix_build(["many"], nonce_value=n, args={"count": "40"})
+        outs = built_paths(proc.stdout)
+        acked = []
+        for out in outs:
+            reply = hookd.client.call({"op": "enqueue", "out_paths": [out], "source": "test"})
+            assert reply["ok"]
+            acked.append(out)
+        # generous deadline: a poll returns as soon as a path is done and an upload is held
+        until(
+            lambda: srv.faults.uploads_held >= 1 and hookd.status()["targets"][0]["done"] > 0,
+            hookd,
+            timeout=120,
+        )
         (t,) = hookd.status()["targets"]
-        if t["done"] > 0 or time.monotonic() > deadline:
-            break
-    assert t["done"] < len(outs), "push finished before the kill; the test did not interrupt it"
-    hookd.kill9()
-    hookd.start()
-    assert hookd.client.wait(timeout=120)["drained"]
-    assert hookd.cached(acked) == set(acked)
-    hookd.stop()
+        assert 0 < t["done"] < len(outs), t  # held uploads never finish: never all done
+        hookd.kill9()
+        srv.faults.upload_release.set()
+        hookd.start()
+        assert hookd.client.wait(timeout=300)["drained"]
+        stored = srv.objects("team")
+        assert {Path(p).name.split("-", 1)[0] for p in acked} <= set(stored)
+        assert srv.errors == []
+        hookd.stop()
 
 
 def test_bad_requests_get_error_replies_and_daemon_keeps_serving(hookd: HookdProcess) -> None:
