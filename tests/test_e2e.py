@@ -216,20 +216,18 @@ def test_fifty_concurrent_hooks_lose_nothing(hookd: HookdProcess) -> None:
     drvs = [path_info([o])[o]["deriver"] for o in outs]
 
     def one(drv: str) -> tuple[int, float, str]:
-        # 50 interpreters starting at once on 2 loaded cores queue for a CPU for many seconds:
-        # the subprocess timeout here only catches a hook that never ends.
-        env = nix_env(DRV_PATH=drv, OUT_PATHS="")
-        return run_hook(env, hookd.socket, hookd.spool, timeout=300)
+        return run_hook(nix_env(DRV_PATH=drv, OUT_PATHS=""), hookd.socket, hookd.spool)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(one, drvs))
-    # What matters: every hook exits 0 and no path is lost. Whether a hook got its
-    # acknowledgement or spooled depends on the machine's load, and spooling is correct
-    # behaviour then. The hook's bound (2 s from its exec, which includes waiting for a CPU)
-    # is asserted by the single-hook tests above; from outside, 50 concurrent start-ups take
-    # as long as the machine's load makes them, so per-hook times and spool counts belong to
-    # the burst benchmark (bench/burst.py).
+    # What matters: every hook exits 0, bounded (not blocked on the daemon), and no path is
+    # lost. Whether a hook got its acknowledgement or spooled depends on the machine's load,
+    # and spooling is correct behaviour then: spool counts and per-hook times belong to the
+    # burst benchmark (bench/burst.py).
     assert all(rc == 0 for rc, _, _ in results), results
+    assert all(elapsed < HOOK_BOUND + LOAD_SLACK for _, elapsed, _ in results), [
+        e for _, e, _ in results
+    ]
     unexpected = [e for _, _, e in results if e and "spooled" not in e]
     assert not unexpected, unexpected  # silent, or the one line that says it spooled
     until(lambda: hookd.cached(outs) == set(outs), hookd, timeout=120)  # spool imported too
