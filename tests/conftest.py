@@ -201,7 +201,9 @@ class HookdProcess:
         self.client = Client(self.socket)
         self.hook_script = write_hook_script(workdir, self.socket, self.spool)
 
-    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> HookdProcess:
+    # A poll with a generous deadline: on a loaded 2-core machine an interpreter importing
+    # hookd's dependencies waits seconds for a CPU; start() returns as soon as it answers.
+    def start(self, timeout: float = 120, env: dict[str, str] | None = None) -> HookdProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [HOOKD, "daemon", "--config", str(self.config_path)],
@@ -317,7 +319,7 @@ class NixDaemon:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # a poll: returns as soon as the socket exists
         while not self.socket.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError(f"nix-daemon did not start: {self.log.read_text()}")

@@ -202,10 +202,12 @@ def test_a_trickling_server_hits_the_total_deadline(
     srv: AtticTestServer, tmp_path: Path, token: str
 ) -> None:
     body = json.dumps({"is_public": False, "store_dir": "/nix/store"}).encode()
-    srv.faults.trickle_delay = 0.1  # each read is far shorter than request_timeout
+    # each read (0.1 s) is far shorter than request_timeout (1.5 s), with room for a loaded
+    # machine's scheduling: only the total deadline (3 x 1.5 s) can end it
     # A valid answer, padded: without a total deadline it would arrive, after ~40 s.
+    srv.faults.trickle_delay = 0.1
     srv.faults.status_script = [(200, {"Content-Type": "application/json"}, body + b" " * 400)]
-    upload = UploadConfig(min_backoff=0.01, max_backoff=0.05, retry_attempts=1, request_timeout=0.4)
+    upload = UploadConfig(min_backoff=0.01, max_backoff=0.05, retry_attempts=1, request_timeout=1.5)
     err = push_error(make_target(srv, tmp_path, token, upload), [fake_path("p")])
     assert isinstance(err, DeadlineError) and isinstance(err, TransientError)
     assert "total deadline" in str(err)

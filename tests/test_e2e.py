@@ -368,7 +368,7 @@ def test_corrupt_spool_file_moved_aside_and_live_import(hookd: HookdProcess) -> 
     tmp = hookd.spool / ".x.tmp"
     tmp.write_text(json.dumps({"v": 1, "op": "enqueue", "out_paths": [out]}))
     tmp.rename(hookd.spool / "2-2.json")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a poll: returns as soon as the condition holds
     while out not in hookd.cached([out]) and time.monotonic() < deadline:
         hookd.client.wait(timeout=1)
     assert hookd.cached([out]) == {out}
@@ -380,7 +380,7 @@ def test_queued_paths_are_pinned_against_gc_until_pushed(tmp_path: Path) -> None
     hookd.start()
     out = built_paths(nix_build(["b"], nonce_value=nonce()).stdout)[0]
     assert hookd.client.call({"op": "enqueue", "out_paths": [out]})["ok"]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a poll: returns as soon as the condition holds
     while not hookd.status()["gc_roots"] and time.monotonic() < deadline:
         hookd.client.wait(timeout=0.5)
     assert hookd.status()["gc_roots"] == 1
@@ -392,7 +392,7 @@ def test_queued_paths_are_pinned_against_gc_until_pushed(tmp_path: Path) -> None
     (t,) = hookd.status()["targets"]
     assert t["pending"] == 1 and "unreachable" in t["last_error"]
     hookd.client.call({"op": "drop", "paths": [out]})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a poll: returns as soon as the condition holds
     while hookd.status()["gc_roots"] and time.monotonic() < deadline:
         hookd.client.wait(timeout=0.5)
     # Released: deletable now, or as soon as a `nix copy` still in flight exits (newer Nix counts
@@ -460,8 +460,10 @@ def test_sigterm_leaves_unfinished_work_queued(tmp_path: Path) -> None:
     out = built_paths(nix_build(["b"], nonce_value=nonce()).stdout)[0]
     assert hookd.client.call({"op": "enqueue", "out_paths": [out]})["ok"]
     start = time.monotonic()
-    assert hookd.stop(signal.SIGTERM) == 0
-    assert time.monotonic() - start < 10
+    assert hookd.stop(signal.SIGTERM, timeout=120) == 0
+    # Stopped without waiting for the unreachable target (its retries never end): stop_timeout
+    # is 5 s, the rest is margin for a loaded machine.
+    assert time.monotonic() - start < 60
     assert any(e.get("event") == "daemon.stopped" for e in hookd.log_events())
     # restart with a reachable target: the path is still queued and now lands
     import yaml

@@ -753,7 +753,7 @@ def test_spool_files_written_while_the_daemon_starts_are_imported(tmp_path: Path
     try:
         hookd.start()
         writer.join()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # a poll: returns as soon as the spool is empty
         while list(hookd.spool.glob("*.json")) and time.monotonic() < deadline:
             hookd.client.wait(timeout=0.5)
         left = sorted(p.name for p in hookd.spool.glob("*.json"))
@@ -803,7 +803,7 @@ def test_gc_while_queued_paths_are_pinned_until_pushed(tmp_path: Path) -> None:
         srv.set_down(False)
         until(lambda: target_status(hookd)["done"] == len(queued), hookd, timeout=60)
         drain = time.time() - up_at
-        until(lambda: hookd.status()["gc_roots"] == 0, hookd, timeout=30)  # released
+        until(lambda: hookd.status()["gc_roots"] == 0, hookd, timeout=120)  # released
         lost = missing_on_server(srv, queued)
         released = nix_delete(many[0])
         row.update(
@@ -1173,7 +1173,7 @@ def test_live_socket_fuzz_every_request_answered(tmp_path: Path, cases: int) -> 
                 s.sendall(b'{"v":1,"op":')
             idle.append(s)
         eagain = 0
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a poll; only a daemon that stopped accepting runs out
         while True:
             try:
                 assert hookd.client.call({"op": "ping"}, timeout=10)["ok"]
@@ -1221,7 +1221,7 @@ def test_wait_with_nan_timeout_is_answered(tmp_path: Path) -> None:
     (b,) = outs_of(nix_build(["b"], nonce_value=nonce()))
     enqueue(hookd, [b])  # an unreachable target: the queue stays unsettled
     try:
-        reply = hookd.client.raw(b'{"v":1,"op":"wait","timeout":NaN}\n', timeout=3)
+        reply = hookd.client.raw(b'{"v":1,"op":"wait","timeout":NaN}\n', timeout=30)
     except TimeoutError:
         reply = {}
     finally:
