@@ -920,6 +920,10 @@ def test_sigterm_during_upload_finishes_or_stays_queued(tmp_path: Path, case: st
             hookd.start()
             enqueue(hookd, [big, *small])
             until(lambda: proxy.sent > 1024 * 1024, hookd, timeout=60)  # mid-body
+            if case == "cut-off":
+                # The rest of the body now needs minutes: the upload is provably still running
+                # at stop_timeout, however fast or loaded the machine is.
+                proxy.rate = 16 * 1024
             t0 = time.monotonic()
             assert hookd.stop(signal.SIGTERM, timeout=stop_timeout + 30) == 0
             exit_s = time.monotonic() - t0
@@ -948,12 +952,13 @@ def test_sigterm_during_upload_finishes_or_stays_queued(tmp_path: Path, case: st
             + f"; unfinished_tasks={stopped[-1].get('unfinished_tasks') if stopped else '?'}",
         )
         assert stopped, "no daemon.stopped event"
-        assert exit_s <= stop_timeout + 3, exit_s
+        # stop_timeout bounds the exit; the margin is for a loaded machine's start-up and
+        # teardown, far below the minutes the cut-off upload would still need.
+        assert exit_s <= stop_timeout + 30, exit_s
         if case == "cut-off":
-            # Whether the slowed upload is still running at stop_timeout depends on the
-            # machine's load; what matters is that an upload not on the server was reported
-            # unfinished (it stays queued, and the restart above pushed it with nothing lost).
-            assert on_server or stopped[-1]["unfinished_tasks"] >= 1
+            # the upload was cut off at stop_timeout and reported unfinished: it stayed queued,
+            # and the restart above pushed it with nothing lost
+            assert not on_server and stopped[-1]["unfinished_tasks"] >= 1
         else:
             assert on_server and stopped[-1]["unfinished_tasks"] == 0
         assert lost == []
