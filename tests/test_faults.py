@@ -317,6 +317,9 @@ def test_kill9_at_random_moments_loses_no_accepted_path(
     ):
         srv.create_cache(CACHE)
         srv.faults.slow_body_delay = 0.01  # spread the push over the kill schedule
+        # The first kill waits for an upload held by the server after a third of the paths:
+        # at least one kill provably lands mid-push, however fast or loaded the machine is.
+        srv.faults.upload_hold_after = paths // 3
         token = rw_token(srv)
         hookd = attic_hookd(
             tmp_path, srv, token, upload={"batch_size": 8, "min_backoff": 0.2, "max_backoff": 2}
@@ -366,11 +369,14 @@ def test_kill9_at_random_moments_loses_no_accepted_path(
         feeder = threading.Thread(target=feed)
         feeder.start()
         kill_log = []
-        for gap in gaps:
+        for i, gap in enumerate(gaps):
             time.sleep(gap)  # the fault's random moment
+            if i == 0:
+                until(lambda: srv.faults.uploads_held >= 1 and srv.uploads, hookd, timeout=120)
             uploaded = len({h for _, h, _ in list(srv.uploads)})
             kill_log.append({"hooks_done": len(results), "uploaded": uploaded})
             hookd.kill9()
+            srv.faults.upload_release.set()  # uploads flow again from the restart on
             hookd.start()
         last_restart = time.monotonic()
         feeder.join()
