@@ -471,11 +471,15 @@ def test_server_down_and_random_5xx_and_resets_every_path_pushed(
         srv.faults.fail_rate = 0.3
         srv.faults.reset_rate = 0.1
         srv.faults.slow_body_delay = 0.01
+        # Uploads after the first quarter wait at the server: the server goes down while work
+        # provably remains, however fast or loaded the machine is.
+        srv.faults.upload_hold_after = paths // 4
         hookd.start()
         enqueue(hookd, outs)
-        until(lambda: len(srv.objects(CACHE)) >= paths // 4, hookd, timeout=120)
+        until(lambda: srv.faults.uploads_held >= 1, hookd, timeout=120)
         down_at = time.time()
         srv.set_down(True)
+        srv.faults.upload_release.set()  # the held uploads meet closed connections
         at_down = len(srv.objects(CACHE))
         seen = until(
             lambda: (
@@ -484,7 +488,7 @@ def test_server_down_and_random_5xx_and_resets_every_path_pushed(
                 and status_text(hookd)
             ),
             hookd,
-            timeout=max(30, down_s),
+            timeout=max(120, down_s),
         )
         until(lambda: time.time() >= down_at + down_s, hookd, timeout=down_s + 10)
         srv.set_down(False)
