@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -238,20 +239,35 @@ def test_watch_sees_atomic_rename_and_symlink_swap(tmp_path: Path) -> None:
             seen.append(name)
             changed.set()
 
-        task = asyncio.create_task(store.watch(on_change, stop_event=stop, debounce_ms=50))
-        await asyncio.sleep(0.3)  # let the watcher arm
+        # poll_interval: an hour, so only file events can explain a callback
+        watch = store.watch(on_change, stop_event=stop, debounce_ms=50, poll_interval=3600)
+        task = asyncio.create_task(watch)
+        loop = asyncio.get_running_loop()
 
-        async def expect(name: str) -> None:
-            await asyncio.wait_for(changed.wait(), 10)
-            await asyncio.sleep(0.2)
-            assert seen == [name], seen
+        async def expect(name: str, writes: int = 1) -> None:
+            await asyncio.wait_for(changed.wait(), 60)
+            await asyncio.sleep(0.2)  # a second callback for the same change would come now
+            # one callback per change (debounced), for that server only
+            assert seen and set(seen) == {name} and len(seen) <= writes, (seen, writes)
             seen.clear()
             changed.clear()
 
+        # The watcher arms asynchronously (its inotify thread starts when it gets a CPU): a
+        # change made before that is seen only by the (here hour-long) poll. Rather than
+        # sleeping and hoping, rotate token a until a callback proves the watcher armed.
+        deadline = loop.time() + 60
+        writes = 0
+        while not changed.is_set():
+            assert loop.time() < deadline, "the token watcher never reported a change"
+            writes += 1
+            write_token(fa, make_jwt({f"a{writes}": {"r": 1}}))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), 1)
+        await expect("a", writes)
         (a_dir / "unrelated").write_text("y")  # events without a token change: no callback
         await asyncio.sleep(0.5)
         assert seen == []
-        write_token(fa, make_jwt({"a2": {"r": 1}}))
+        write_token(fa, make_jwt({"a-again": {"r": 1}}))
         await expect("a")
         (b_dir / "..data_tmp").symlink_to("..v2")
         os.replace(b_dir / "..data_tmp", b_dir / "..data")
