@@ -126,7 +126,7 @@ http {{
 }}
 """
 
-    def start(self, timeout: float = 20) -> Nginx:
+    def start(self, timeout: float = 120) -> Nginx:
         for _ in range(5):  # another process may take the port between probing and binding
             self.port = _free_port()
             conf = self.dir / "nginx.conf"
@@ -190,7 +190,7 @@ http {{
         return lines
 
     def logged(
-        self, count: int, *, status: int | None = None, path_prefix: str = "", timeout: float = 15
+        self, count: int, *, status: int | None = None, path_prefix: str = "", timeout: float = 60
     ) -> list[str]:
         """The matching access-log lines once there are at least ``count`` of them. nginx logs a
         request after its response went out, so a client can be a step ahead of the log."""
