@@ -1265,35 +1265,53 @@ class TestFlake:
         assert request["drv_path"] == "/nix/store/abc-x.drv"
         assert request["out_paths"] == ["/nix/store/abc-x"]
 
-        # Daemon up: one enqueue request, acknowledged.
+        # Daemon up: an enqueue request, acknowledged. A loaded machine may delay the hook's
+        # start past its 2 s bound, and then it spools (correctly); so run it until one run is
+        # acknowledged, and count every run that spooled instead.
         received: list[bytes] = []
         server = socket.socket(socket.AF_UNIX)
         server.bind(str(sock_path))
-        server.listen(1)
+        server.listen(8)
+        server.settimeout(0.5)
+        stop = threading.Event()
 
         def serve() -> None:
-            conn, _ = server.accept()
-            with conn:
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                received.append(data)
-                conn.sendall(b'{"v":1,"ok":true}\n')
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    data = b""
+                    while not data.endswith(b"\n"):
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    received.append(data)
+                    conn.sendall(b'{"v":1,"ok":true}\n')
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
+        spooled_runs = 0
         try:
-            proc = run()
+            for _ in range(5):
+                proc = run()
+                assert proc.returncode == 0, proc.stderr
+                if proc.stderr == "":
+                    break
+                assert "spooled to" in proc.stderr, proc.stderr
+                spooled_runs += 1
         finally:
+            stop.set()
             thread.join(timeout=10)
             server.close()
-        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-        [line] = received
-        assert json.loads(line)["op"] == "enqueue"
-        assert len(list(spool.iterdir())) == 1  # nothing new spooled
+        assert proc.stderr == "", f"no run of five was acknowledged: {proc.stderr}"
+        assert received, "the acknowledged run sent nothing"
+        assert json.loads(received[-1])["op"] == "enqueue"
+        assert (
+            len(list(spool.iterdir())) == 1 + spooled_runs
+        )  # the acknowledged run spooled nothing
 
     def test_templates(self, flake: Any) -> None:
         t = flake["templates"]
