@@ -165,6 +165,19 @@ class Client:
 
 
 _RUNNING: list[HookdProcess] = []
+STARTED: list[HookdProcess] = []  # every daemon a test started, in order (for peak RSS)
+
+
+def proc_status_kib(pid: int, field: str) -> int | None:
+    """A ``/proc/PID/status`` memory field (VmRSS, VmHWM) in KiB; None if the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
 
 
 @pytest.fixture(autouse=True)
@@ -198,6 +211,7 @@ class HookdProcess:
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.peak_rss_kib = 0  # VmHWM: the highest of every process this object started
         self.client = Client(self.socket)
         self.hook_script = write_hook_script(workdir, self.socket, self.spool)
 
@@ -214,6 +228,8 @@ class HookdProcess:
             start_new_session=True,
         )
         _RUNNING.append(self)
+        if self not in STARTED:
+            STARTED.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -229,6 +245,7 @@ class HookdProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc is None:
             return 0
+        self.peak_rss()  # noted while the process still exists
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         rc = self.proc.wait(timeout=timeout)
@@ -236,6 +253,16 @@ class HookdProcess:
         if self in _RUNNING:
             _RUNNING.remove(self)
         return rc
+
+    def rss_kib(self) -> int | None:
+        """The running daemon's resident set now (VmRSS), in KiB."""
+        return proc_status_kib(self.proc.pid, "VmRSS") if self.proc is not None else None
+
+    def peak_rss(self) -> int:
+        """Peak resident set (VmHWM, KiB) over every daemon process this object started."""
+        if self.proc is not None:
+            self.peak_rss_kib = max(self.peak_rss_kib, proc_status_kib(self.proc.pid, "VmHWM") or 0)
+        return self.peak_rss_kib
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)

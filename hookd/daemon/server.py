@@ -1,8 +1,10 @@
 """The Unix socket server: access check, bounded line reads, and a table of typed handlers.
 
 Memory is bounded: at most MAX_CONNECTIONS connections, at most MAX_MESSAGE_BYTES buffered per
-connection and BUFFER_BUDGET across all of them. A client past a limit gets an error reply
-(``busy`` or ``too-large``) and is disconnected; the hook then spools, so nothing is lost.
+connection and BUFFER_BUDGET across all of them, each connection's first READ_CHUNK bytes aside
+(so that a small request is served while other clients hog the budget). A client past a limit
+gets an error reply (``busy`` or ``too-large``) and is disconnected; the hook then spools, so
+nothing is lost.
 """
 
 from __future__ import annotations
@@ -219,7 +221,10 @@ class SocketServer:
                 self.buffered -= len(buf)
                 buf.clear()
                 return line
-            if self.buffered + len(chunk) > self.buffer_budget:
+            # A connection's first chunk is outside the shared budget (MAX_CONNECTIONS x
+            # READ_CHUNK bounds it anyway): clients that hold the whole budget with unfinished
+            # lines must not get every hook's small request refused.
+            if buf and self.buffered + len(chunk) > self.buffer_budget:
                 raise _Refused("busy", "the daemon is short of buffer space; try again")
             buf += chunk
             self.buffered += len(chunk)
