@@ -285,6 +285,7 @@ def test_state_dir_full_then_freed_recovers_without_a_restart(tmp_path: Path) ->
             recovered = time.monotonic() - freed
             same_process(hookd, pid)
             refused = {o: r for o, r in results.items() if o not in accepted}
+            before_backfill = mib(hookd.peak_rss())
             # What the hook said to do about a request it could not hand over at all:
             if refused:
                 cli(hookd, "backfill", "--since", str(since))
@@ -303,10 +304,12 @@ def test_state_dir_full_then_freed_recovers_without_a_restart(tmp_path: Path) ->
                 recovered=True,
                 recovery_s=round(recovered, 1),
                 not_handed_over=len(refused),
+                peak_rss_before_backfill_mib=before_backfill,
                 seen_in="the build log (hook stderr) and `hookd status`",
                 message=[*list(refused.values())[:1], *message_lines(status_text(hookd), 2)],
             )
             assert answered_while_full
+            assert before_backfill is not None and before_backfill < RSS_GOAL_MIB
             assert acked_again is not None, "no hook was acknowledged after space returned"
             assert all("spool failed" in r for r in refused.values()), refused
             assert lost == []
@@ -326,7 +329,8 @@ def test_malformed_cache_config_then_fixed_pushes_without_a_restart(tmp_path: Pa
         outs = build(5)
         hookd = attic_hookd(tmp_path, srv, token, upload=QUICK).start()
         pid = hookd.status()["pid"]
-        srv.faults.status_script.extend([answer] * 3)
+        # more bad answers than retry_attempts (4): the batch gives up and waits for its due time
+        srv.faults.status_script.extend([answer] * 6)
         for o in outs:
             assert run_hook(hookd, o)[0] == "ack"
         seen = until(lambda: target_status(hookd)["last_error"] and status_text(hookd), hookd)
@@ -339,7 +343,8 @@ def test_malformed_cache_config_then_fixed_pushes_without_a_restart(tmp_path: Pa
         scripted = [r.path for r in srv.requests if r.error_kind == "fault:status_script"]
         row.update(
             paths=len(outs),
-            faults="3 cache-config answers with upstream_cache_key_names: 5, then good ones",
+            faults="6 cache-config answers with upstream_cache_key_names: 5 (more than "
+            "retry_attempts), then good ones",
             lost=len(lost),
             recovered=True,
             recovery_s=round(recovered, 1),
@@ -361,23 +366,27 @@ def test_token_echoed_by_the_server_appears_nowhere(tmp_path: Path) -> None:
         token = rw_token(srv)
         signature = token.rsplit(".", 1)[1]
         outs = build(4)
-        hookd = attic_hookd(tmp_path, srv, token, upload=QUICK).start()
+        hookd = attic_hookd(
+            tmp_path,
+            srv,
+            token,
+            upload=QUICK,
+            log={"level": "debug"},  # every retry logged
+        ).start()
         pid = hookd.status()["pid"]
         assert run_hook(hookd, outs[0])[0] == "ack"
         until(lambda: pushed(hookd, 1), hookd)  # cache-config is known: the echo hits the rest
         echo = f"token {token} signature {signature} " + "x" * 300
+        json_type = {"Content-Type": "application/json"}
+        error = {"code": 500, "error": "InternalServerError", "message": echo}
+        # transient answers only (a 4xx would fail the path for good), more than retry_attempts
         srv.faults.status_script.extend(
             [
-                (200, {"Content-Type": "application/json"}, json.dumps({"echo": echo}).encode()),
-                (
-                    500,
-                    {"Content-Type": "application/json"},
-                    json.dumps(
-                        {"code": 500, "error": "InternalServerError", "message": echo}
-                    ).encode(),
-                ),
-                (400, {"Content-Type": "text/plain"}, echo.encode()),
+                (200, json_type, json.dumps({"echo": echo}).encode()),
+                (500, json_type, json.dumps(error).encode()),
+                (502, {"Content-Type": "text/plain"}, echo.encode()),
             ]
+            * 2
         )
         for o in outs[1:]:
             assert run_hook(hookd, o)[0] == "ack"
@@ -398,8 +407,8 @@ def test_token_echoed_by_the_server_appears_nowhere(tmp_path: Path) -> None:
         lost = missing_on_server(srv, outs)
         row.update(
             paths=len(outs),
-            faults="3 answers echoing the whole token and its signature (200 without "
-            "missing_paths, 500 JSON message, 400 text)",
+            faults="6 answers echoing the whole token and its signature (200 without "
+            "missing_paths, 500 with a JSON message, 502 text), then good ones",
             lost=len(lost),
             recovered=True,
             recovery_s=round(recovered, 1),
