@@ -18,7 +18,6 @@ import concurrent.futures
 import contextlib
 import errno
 import http.server
-import importlib.util
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.attic_server import AtticTestServer, Faults
+from tests.attic_server import AtticTestServer
 from tests.conftest import (
     HOOKD_HOOK,
     HookdProcess,
@@ -66,22 +65,6 @@ pytestmark = [needs_nix, pytest.mark.nix, pytest.mark.fault]
 
 RSS_GOAL_MIB = 80  # the issue's goal for the daemon's resident set in every case
 QUICK = {"min_backoff": 0.2, "max_backoff": 1, "breaker_threshold": 3, "breaker_cooldown": 1}
-
-# The Attic-side fixes (classified bad answers, redaction before truncation, token origin, total
-# deadline, capped answers, explained redirects) live in hookd/attic/; until they are on this
-# branch the scenarios that need them are skipped, and they run by themselves once they are.
-ATTIC_FIXES = importlib.util.find_spec("hookd.attic") is not None
-needs_attic_fixes = pytest.mark.skipif(
-    not ATTIC_FIXES, reason="needs issue 9's Attic-side fixes (hookd/attic/); merge main"
-)
-needs_server_switch = {
-    name: pytest.mark.skipif(
-        not hasattr(Faults(), name),
-        reason=f"tests/attic_server.py has no '{name}' fault switch yet; merge main",
-    )
-    for name in ("trickle_delay", "huge_answer")
-}
-
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -319,7 +302,6 @@ def test_state_dir_full_then_freed_recovers_without_a_restart(tmp_path: Path) ->
 # -- bug 2: a malformed cache-config answer, then a good one ---------------------------------
 
 
-@needs_attic_fixes
 def test_malformed_cache_config_then_fixed_pushes_without_a_restart(tmp_path: Path) -> None:
     with AtticTestServer() as srv, scenario("malformed cache-config, then fixed", "fast") as row:
         srv.create_cache(CACHE)
@@ -359,7 +341,6 @@ def test_malformed_cache_config_then_fixed_pushes_without_a_restart(tmp_path: Pa
 # -- bug 4: a server echoing the token in its answers ----------------------------------------
 
 
-@needs_attic_fixes
 def test_token_echoed_by_the_server_appears_nowhere(tmp_path: Path) -> None:
     with AtticTestServer() as srv, scenario("server echoes the token", "fast") as row:
         srv.create_cache(CACHE)
@@ -425,7 +406,6 @@ def test_token_echoed_by_the_server_appears_nowhere(tmp_path: Path) -> None:
 # -- weakness: the token follows api_endpoint to another origin ------------------------------
 
 
-@needs_attic_fixes
 def test_api_endpoint_on_another_origin_gets_no_token(tmp_path: Path) -> None:
     with (
         AtticTestServer() as srv,
@@ -466,8 +446,6 @@ def test_api_endpoint_on_another_origin_gets_no_token(tmp_path: Path) -> None:
 # -- weakness: a server trickling its answers (no total deadline) ----------------------------
 
 
-@needs_attic_fixes
-@needs_server_switch["trickle_delay"]
 def test_trickling_server_hits_the_deadline_opens_the_breaker_and_recovers(
     tmp_path: Path,
 ) -> None:
@@ -515,8 +493,6 @@ def test_trickling_server_hits_the_deadline_opens_the_breaker_and_recovers(
 # -- weakness: unbounded answers (a huge get-missing-paths body, a 20 MB error message) -------
 
 
-@needs_attic_fixes
-@needs_server_switch["huge_answer"]
 @pytest.mark.parametrize("size_mb", [pytest.param(50, id="fast"), full(300)])
 def test_huge_answers_keep_rss_under_the_goal(tmp_path: Path, size_mb: int) -> None:
     variant = "full" if size_mb >= 300 else "fast"
@@ -718,7 +694,6 @@ class Redirector:
         self.server.server_close()
 
 
-@needs_attic_fixes
 def test_redirect_is_explained_and_the_config_fix_pushes(tmp_path: Path) -> None:
     with AtticTestServer() as srv, scenario("3xx redirect", "fast") as row:
         srv.create_cache(CACHE)
