@@ -69,6 +69,10 @@ QUICK = {"min_backoff": 0.2, "max_backoff": 1, "breaker_threshold": 3, "breaker_
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def build_attr(attr: str) -> list[str]:
+    return outs_of(nix_build([attr], nonce_value=nonce()))
+
+
 def build(count: int) -> list[str]:
     return outs_of(nix_build(["many"], nonce_value=nonce(), args={"count": str(count)}))
 
@@ -335,6 +339,50 @@ def test_malformed_cache_config_then_fixed_pushes_without_a_restart(tmp_path: Pa
         assert all("cache-config" in p for p in scripted), scripted
         assert lost == []
         assert problems_of(hookd) == []
+        hookd.stop()
+
+
+# -- bug 3: a spooled request whose .drv was garbage-collected before the daemon started --------
+
+
+def test_spooled_request_whose_drv_was_collected_pushes_its_valid_outputs(tmp_path: Path) -> None:
+    with AtticTestServer() as srv, scenario("spooled .drv collected before start", "fast") as row:
+        srv.create_cache(CACHE)
+        (out,) = build_attr("b")
+        drv = derivers([out])[out]
+        gone = f"/nix/store/{'1' * 32}-hookd-collected-out"  # an output that is really gone
+        hookd = attic_hookd(tmp_path, srv, rw_token(srv), upload=QUICK)
+        # The daemon is down: the hook spools both variables (as Nix >= 2.9 sends them); then a
+        # GC with keep-derivations = false removes the .drv before the daemon starts.
+        hookd.spool.mkdir(parents=True, exist_ok=True)
+        assert run_hook(hookd, f"{out} {gone}", drv)[0] == "spooled"
+        deleted = subprocess.run(
+            ["nix-store", "--delete", "--option", "keep-derivations", "false", drv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert deleted.returncode == 0, deleted.stderr[-500:]
+        started = time.monotonic()
+        hookd.start()
+        until(lambda: pushed(hookd, 1), hookd)
+        took = time.monotonic() - started
+        dropped = [e for e in hookd.log_events() if e.get("event") == "resolve.dropped"]
+        lost = missing_on_server(srv, [out])
+        row.update(
+            paths=1,
+            faults="a spooled request (DRV_PATH and OUT_PATHS) whose .drv was deleted before "
+            "the daemon started; one of its two outputs gone too",
+            lost=len(lost),
+            recovered=True,
+            recovery_s=round(took, 1),
+            seen_in="the daemon's log (`resolve.dropped`)",
+            message=[f"{e.get('path')}: {e.get('reason')}" for e in dropped][:2],
+        )
+        assert [e.get("path") for e in dropped] == [gone], dropped
+        assert problems_of(hookd) == []
+        assert lost == []
         hookd.stop()
 
 
