@@ -475,6 +475,11 @@ def recovered(row: dict[str, Any]) -> str:
         text = "yes" if value is True else "no" if value is False else str(value)
     if str(row.get("result", "")).startswith("FAIL"):
         text = "no (failed)"
+    elif row.get("not_handed_over"):
+        text += (
+            f" (the {row['not_handed_over']} hooks refused while full: by `hookd backfill`, "
+            "as they advise)"
+        )
     if seconds is None:
         return text
     return (
