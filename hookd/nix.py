@@ -187,8 +187,15 @@ class Nix:
 
     def paths_registered_since(self, since: float) -> list[PathInfo]:
         """All valid store paths registered at or after ``since`` (seconds since the epoch)."""
-        out = self.run([*self._path_info_argv(), "--all"], timeout=max(self.timeout, 600))
-        return [p for p in parse_path_info(out) if (p.registration_time or 0) >= since]
+        # `--all --json` at once is the whole store's metadata in one string (190 MiB of RSS on
+        # a developer's store): list the paths, then read their metadata a chunk at a time.
+        listing = self.run(["nix", "path-info", "--all"], timeout=max(self.timeout, 600))
+        paths = listing.split()
+        found: list[PathInfo] = []
+        for i in range(0, len(paths), ARG_CHUNK):
+            chunk = self._path_info_chunk(paths[i : i + ARG_CHUNK], recursive=False)
+            found.extend(p for p in chunk if (p.registration_time or 0) >= since)
+        return found
 
     # -- keys, signing, copying ------------------------------------------------------------
 

@@ -278,6 +278,7 @@ def test_state_dir_full_then_freed_recovers_without_a_restart(tmp_path: Path) ->
                 cli(hookd, "backfill", "--since", str(since))
                 until(lambda: not missing_on_server(srv, list(refused)), hookd, timeout=60)
             backfilled = time.monotonic() - freed
+            after_backfill = mib(hookd.peak_rss())
             lost = missing_on_server(srv, outs)
             outcome = collections.Counter(full_results.values())
             row.update(
@@ -297,6 +298,8 @@ def test_state_dir_full_then_freed_recovers_without_a_restart(tmp_path: Path) ->
             )
             assert answered_while_full
             assert before_backfill is not None and before_backfill < RSS_GOAL_MIB
+            # backfill reads the store's metadata a chunk at a time, never all of it at once
+            assert after_backfill is not None and after_backfill < RSS_GOAL_MIB, after_backfill
             assert acked_again is not None, "no hook was acknowledged after space returned"
             assert all("spool failed" in r for r in refused.values()), refused
             assert lost == []
