@@ -109,7 +109,9 @@ def _reason(reply: bytes) -> str:
     i = reply.find(marker)
     if i < 0:
         return "unexpected reply from the daemon"
-    return reply[i + len(marker) :].split(b'"', 1)[0].decode("utf-8", "replace")[:200]
+    text = reply[i + len(marker) :].split(b'"', 1)[0].decode("utf-8", "replace")
+    # The build log shows this line: long enough for the daemon's fix, marked where it is cut.
+    return text if len(text) <= 400 else text[:399] + "…"
 
 
 def _spool(spool_dir: str, payload: bytes) -> str:
