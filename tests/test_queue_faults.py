@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -25,7 +23,7 @@ import pytest
 
 from hookd.errors import QueueError
 from hookd.queue import Queue
-from tests.conftest import HookdProcess
+from tests.conftest import HookdProcess, fill, small_tmpfs
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -104,37 +102,8 @@ async def test_a_caller_that_gives_up_does_not_kill_the_writer(tmp_path: Path) -
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8) to mount a 2 MiB tmpfs (run the suite as root)")
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); needs CAP_SYS_ADMIN")
-    try:
+    with small_tmpfs(tmp_path / "tmpfs") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(fs: Path) -> Path:
-    """Write a file until the file system is full; return it (delete it to free the space)."""
-    filler = fs / "filler"
-    with filler.open("wb", buffering=0) as f:
-        for chunk in (65536, 4096, 512, 1):
-            block = b"\0" * chunk
-            while True:
-                try:
-                    f.write(block)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC, e
-                    break
-    return filler
 
 
 @aio

@@ -16,11 +16,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import errno
 import http.server
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -38,11 +36,13 @@ from tests.attic_server import AtticTestServer
 from tests.conftest import (
     HOOKD_HOOK,
     HookdProcess,
+    fill,
     needs_nix,
     nix_build,
     nix_env,
     nonce,
     path_info,
+    small_tmpfs,
     until,
 )
 from tests.faultkit import (
@@ -153,40 +153,6 @@ def lock_queue(hookd: HookdProcess) -> Iterator[None]:
     finally:
         other.execute("ROLLBACK")
         other.close()
-
-
-@contextlib.contextmanager
-def small_tmpfs(where: Path, size: str = "2m") -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8) for a 2 MiB tmpfs (run the suite as root)")
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); needs CAP_SYS_ADMIN")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(fs: Path) -> Path:
-    """Write a file until the file system is full; deleting it frees the space again."""
-    filler = fs / "filler"
-    with filler.open("wb", buffering=0) as f:
-        for chunk in (65536, 4096, 512, 1):
-            block = b"\0" * chunk
-            while True:
-                try:
-                    f.write(block)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC, e
-                    break
-    return filler
 
 
 # -- bug 1: the queue's write lock held past busy_timeout while hooks run ----------------------
