@@ -8,7 +8,6 @@ import binascii
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 from hookd import yamlfile
 from hookd.attic.names import CACHE_NAME_RE, origin
 from hookd.errors import ConfigError
+from hookd.fields import Fields, text
 from hookd.models import attic_target_id, store_target_id
 
 ROOT_STATE_DIR = Path("/var/lib/hookd")  # root's default, and the NixOS/nix-darwin modules'
@@ -67,7 +67,6 @@ UPLOAD_KEYS = {
     "remember_pushed",
     "max_timeouts",
 }
-MAX_NUMBER = 1e12  # the largest number any setting takes (seconds, sizes, counts)
 NIX_KEYS = {"bin_dir", "timeout", "dump_timeout", "gc_roots"}
 LOG_KEYS = {"format", "level"}
 TLS_KEYS = ("ca_file", "client_cert", "client_key")
@@ -245,97 +244,6 @@ def default_socket(state_dir: Path) -> Path:
     return Path(runtime) / "hookd" / "hookd.sock" if runtime else state_dir / "hookd.sock"
 
 
-def _text(value: object) -> str:
-    """str() that cannot fail: YAML hex/octal ints may exceed Python's int-to-str digit limit."""
-    try:
-        return str(value)
-    except ValueError:
-        return f"<{type(value).__name__} too large to show>"
-
-
-def _show(value: object) -> str:
-    try:
-        text = repr(value)
-    except ValueError:
-        return f"<{type(value).__name__} too large to show>"
-    return text if len(text) <= 200 else text[:200] + "…"
-
-
-class _Reader:
-    """Walks a YAML mapping, raising ConfigError with file and dotted key on every mistake."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, expected: str, got: object = None) -> ConfigError:
-        shown = f", got {_show(got)}" if got is not None else ""
-        return ConfigError(f"{self.source}: key '{key}': expected {expected}{shown}")
-
-    def mapping(self, value: object, key: str, allowed: set[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(key, "a mapping", type(value).__name__)
-        unknown = sorted(set(map(_text, value)) - allowed)
-        if unknown:
-            where = f"'{key}'" if key else "the top level"
-            raise ConfigError(
-                f"{self.source}: unknown key(s) {', '.join(unknown)} in {where}; "
-                f"known keys: {', '.join(sorted(allowed))}"
-            )
-        return value
-
-    def string(self, value: object, key: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, "a non-empty string", value)
-        return value
-
-    def boolean(self, value: object, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, "true or false", value)
-        return value
-
-    def number(self, value: object, key: str, *, minimum: float = 0, integer: bool = False) -> Any:
-        ok = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok:
-            bad = True
-        else:  # math.isfinite only for floats: a huge int would overflow the conversion
-            bad = (isinstance(value, float) and not math.isfinite(value)) or value < minimum  # type: ignore[operator]
-        if bad:
-            kind = "an integer" if integer else "a number"
-            raise self.fail(key, f"{kind} >= {minimum}", value)
-        if isinstance(value, int | float) and value > MAX_NUMBER:  # a 5000-digit int breaks repr
-            raise self.fail(key, f"a number <= {MAX_NUMBER:g}")
-        return value
-
-    def strings(self, value: object, key: str) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
-            raise self.fail(key, "a list of strings", value)
-        items = tuple(_text(v) for v in value)
-        if any(i.startswith("<") and i.endswith("too large to show>") for i in items):
-            raise self.fail(key, "a list of strings", value)
-        return items
-
-    def regexes(self, value: object, key: str) -> tuple[str, ...]:
-        items = self.strings(value, key)
-        for i, pattern in enumerate(items):
-            try:
-                re.compile(pattern)
-            except (re.error, OverflowError, RecursionError) as e:
-                raise self.fail(
-                    f"{key}[{i}]", f"a valid regular expression ({e})", pattern
-                ) from None
-        return items
-
-    def path(self, value: object, key: str) -> Path:
-        text = self.string(value, key)
-        if not text.startswith("/"):
-            raise self.fail(key, "an absolute path", text)
-        return Path(text)
-
-
 def load_config(path: Path | None = None, *, required: bool = False) -> Config:
     """Load the YAML at ``path`` (or the default location). A missing default file means defaults."""
     explicit = path is not None or bool(os.environ.get("HOOKD_CONFIG"))
@@ -349,7 +257,7 @@ def load_config(path: Path | None = None, *, required: bool = False) -> Config:
 
 
 def parse_config(raw: object, *, source: str = "<config>", path: Path | None = None) -> Config:
-    r = _Reader(source)
+    r = Fields(source)
     top = r.mapping(raw, "", TOP_KEYS)
     state_dir = r.path(top["state_dir"], "state_dir") if "state_dir" in top else default_state_dir()
     socket = r.path(top["socket"], "socket") if "socket" in top else default_socket(state_dir)
@@ -360,10 +268,10 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
     default_ca = r.path(top["ca_file"], "ca_file") if top.get("ca_file") else None
     servers = _attic_client_servers(top.get("attic_config", "auto"), r, default_ca)
     raw_servers = top.get("servers")
-    server_names = {_text(k) for k in raw_servers} if isinstance(raw_servers, dict) else set()
+    server_names = {text(k) for k in raw_servers} if isinstance(raw_servers, dict) else set()
     for name, value in r.mapping(raw_servers, "servers", server_names).items():
-        key = f"servers.{_text(name)}"
-        if not CACHE_NAME_RE.fullmatch(_text(name)):
+        key = f"servers.{text(name)}"
+        if not CACHE_NAME_RE.fullmatch(text(name)):
             raise r.fail(key, "a server name of letters, digits, '-', '_' or '+'", name)
         entry = r.mapping(value, key, SERVER_KEYS)
         if "endpoint" not in entry:
@@ -469,15 +377,15 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
     )
 
 
-def _metrics(value: object, r: _Reader) -> MetricsConfig:
+def _metrics(value: object, r: Fields) -> MetricsConfig:
     m = r.mapping(value, "metrics", METRICS_KEYS)
     listen = None
     if m.get("listen") is not None:
-        text = _text(m["listen"])
-        host, sep, port = text.rpartition(":")
+        listen_text = text(m["listen"])
+        host, sep, port = listen_text.rpartition(":")
         host = host.strip("[]") if sep else "127.0.0.1"  # enabled: loopback unless told
         if not port.isdigit() or not 0 < int(port) < 65536 or (sep and not host):
-            raise r.fail("metrics.listen", "HOST:PORT, [IPv6]:PORT or a port number", text)
+            raise r.fail("metrics.listen", "HOST:PORT, [IPv6]:PORT or a port number", listen_text)
         listen = (host, int(port))
     return MetricsConfig(
         listen=listen,
@@ -490,19 +398,17 @@ def _metrics(value: object, r: _Reader) -> MetricsConfig:
     )
 
 
-def _nice(value: object, r: _Reader) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
-        raise r.fail("nice", "an integer from 0 (normal priority) to 19 (lowest)", value)
-    return value
+def _nice(value: object, r: Fields) -> int:
+    return r.integer(value, "nice", 0, 19, "an integer from 0 (normal priority) to 19 (lowest)")
 
 
-def _endpoint(url: str, r: _Reader, key: str) -> str:
+def _endpoint(url: str, r: Fields, key: str) -> str:
     if not re.match(r"https?://[^/]+", url):
         raise r.fail(key, "an http:// or https:// URL", url)
     return url if url.endswith("/") else url + "/"
 
 
-def _origin(value: object, r: _Reader, key: str) -> str:
+def _origin(value: object, r: Fields, key: str) -> str:
     text = r.string(value, key)
     if not re.fullmatch(r"https?://[^/?#@\s]+/?", text):
         raise r.fail(
@@ -511,7 +417,7 @@ def _origin(value: object, r: _Reader, key: str) -> str:
     return origin(text)
 
 
-def _target(item: object, key: str, r: _Reader, servers: dict[str, ServerConfig]) -> TargetConfig:
+def _target(item: object, key: str, r: Fields, servers: dict[str, ServerConfig]) -> TargetConfig:
     if isinstance(item, dict) and "store" in item:
         entry = r.mapping(item, key, {"store", "secret_key_file"})
         skf = entry.get("secret_key_file")
@@ -571,7 +477,7 @@ def attic_client_config_path() -> Path:
 
 
 def _attic_client_servers(
-    setting: object, r: _Reader, ca_file: Path | None = None
+    setting: object, r: Fields, ca_file: Path | None = None
 ) -> dict[str, ServerConfig]:
     """Servers from attic's own config.toml, so `attic login` users need no second config."""
     if setting is False or setting is None:
@@ -604,7 +510,7 @@ def _attic_client_servers(
         servers[name] = ServerConfig(
             name=name,
             endpoint=_endpoint(
-                str(entry["endpoint"]), _Reader(str(path)), f"servers.{name}.endpoint"
+                str(entry["endpoint"]), Fields(str(path)), f"servers.{name}.endpoint"
             ),
             token_file=Path(token_file) if token_file else None,
             token=token,
