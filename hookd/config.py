@@ -284,13 +284,7 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
             _origin(o, r, f"{key}.allowed_origins[{i}]")
             for i, o in enumerate(r.strings(entry.get("allowed_origins"), f"{key}.allowed_origins"))
         )
-        tls = {k: r.path(entry[k], f"{key}.{k}") for k in TLS_KEYS if entry.get(k)}
-        if ("client_cert" in tls) != ("client_key" in tls):
-            missing = "client_key" if "client_cert" in tls else "client_cert"
-            raise r.fail(
-                f"{key}.{missing}",
-                "client_cert and client_key together (the client certificate and its key, PEM)",
-            )
+        tls = tls_files(r, entry, f"{key}.")
         if default_ca and "ca_file" not in tls:
             tls["ca_file"] = default_ca
         servers[str(name)] = ServerConfig(
@@ -375,6 +369,20 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
         nice=_nice(top.get("nice", Config.nice), r),
         metrics=_metrics(top.get("metrics"), r),
     )
+
+
+def tls_files(r: Fields, entry: dict[str, Any], prefix: str) -> dict[str, Path]:
+    """The TLS keys of a server (ca_file, client_cert, client_key) that are set, as absolute
+    paths; a client certificate only with its key. Shared by the daemon's ``servers.NAME``
+    and the provision spec's server (``prefix`` is what the keys' names start with)."""
+    tls = {k: r.path(entry[k], f"{prefix}{k}") for k in TLS_KEYS if entry.get(k)}
+    if ("client_cert" in tls) != ("client_key" in tls):
+        missing = "client_key" if "client_cert" in tls else "client_cert"
+        raise r.fail(
+            f"{prefix}{missing}",
+            "client_cert and client_key together (the client certificate and its key, PEM)",
+        )
+    return tls
 
 
 def _metrics(value: object, r: Fields) -> MetricsConfig:

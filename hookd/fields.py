@@ -72,7 +72,9 @@ class Fields:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(key, "a mapping", type(value).__name__ if self.style == "key" else value)
+            raise self.fail(
+                key, "a mapping", type(value).__name__ if self.style == "key" else value
+            )
         unknown = sorted({text(k) for k in value} - set(allowed))
         if not unknown:
             return value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -18,8 +18,10 @@ from urllib.parse import urlsplit
 
 from hookd import yamlfile
 from hookd.attic.names import CACHE_NAME_RE, CACHE_PATTERN_RE
+from hookd.config import TLS_KEYS, tls_files
 from hookd.duration import format_duration, parse_duration
 from hookd.errors import ConfigError
+from hookd.fields import Fields
 from hookd.provision.claims import (
     PERMISSIONS,
     SHORTHANDS,
@@ -39,7 +41,15 @@ DEFAULT_UPSTREAM: tuple[str, ...] = ("cache.nixos.org-1",)
 DEFAULT_STORE_DIR = "/nix/store"
 I32_MAX = 2**31 - 1
 
-TOP_KEYS = ("server_url", "admin_token", "admin_token_file", "caches", "tokens", "jwt")
+TOP_KEYS = (
+    "server_url",
+    *TLS_KEYS,
+    "admin_token",
+    "admin_token_file",
+    "caches",
+    "tokens",
+    "jwt",
+)
 CACHE_KEYS = (
     "name",
     "state",
@@ -117,6 +127,10 @@ class ProvisionConfig:
     admin_token_source: str = ""
     token_bound_issuer: str | None = None
     token_bound_audiences: tuple[str, ...] = ()
+    # TLS for server_url, as the daemon's servers.NAME has it (hookd.attic.tls.TlsConfig)
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -171,49 +185,6 @@ def shadowed_grants(spec: TokenSpec) -> list[str]:
 # Loading the YAML
 
 
-def _mapping(value: object, where: str, allowed: Sequence[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {_kind(value)}")
-    for key in value:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"{where}: unknown key '{key}'{hint}; known keys: {', '.join(allowed)}"
-            )
-    return value
-
-
-def _kind(value: object) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
-
-
-def _string(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: expected a non-empty string, got {_kind(value)}")
-    return value.strip()
-
-
-def _strings(value: object, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}: expected a list of strings, got {_kind(value)}")
-    return tuple(value)
-
-
-def _boolean(value: object, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {_kind(value)}")
-    return value
-
-
-def _integer(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value <= I32_MAX:
-        raise ConfigError(f"{where}: expected an integer, got {_kind(value)}")
-    return value
-
-
 def load_config(path: Path, env: Mapping[str, str]) -> ProvisionConfig:
     raw = yamlfile.load(path)  # hookd's one YAML reader: duplicate keys are refused
     return parse_config(raw, source=str(path), base_dir=path.parent, env=env)
@@ -223,33 +194,35 @@ def parse_config(
     raw: object, *, source: str, base_dir: Path | None = None, env: Mapping[str, str] | None = None
 ) -> ProvisionConfig:
     env = env if env is not None else {}
-    top = _mapping(raw if raw is not None else {}, source, TOP_KEYS)
+    r = Fields(source, "place")  # hookd's one field reader, in provision's message form
+    top = r.mapping(raw, "", TOP_KEYS)
     notes: list[str] = []
 
     if env.get(ENV_SERVER_URL, "").strip():
-        server_url = _server_url(env[ENV_SERVER_URL], ENV_SERVER_URL)
+        server_url = _server_url(env[ENV_SERVER_URL], Fields(ENV_SERVER_URL, "place"), "")
     elif "server_url" in top:
-        server_url = _server_url(top["server_url"], f"{source}: server_url")
+        server_url = _server_url(top["server_url"], r, "server_url")
     else:
         raise ConfigError(f"{source}: 'server_url' is missing (or set {ENV_SERVER_URL})")
+    tls = tls_files(r, top, "")
 
-    admin_token, admin_source = _admin_token(top, source, base_dir, env, notes)
+    admin_token, admin_source = _admin_token(top, r, base_dir, env, notes)
 
     caches_raw = top.get("caches") or []
     if not isinstance(caches_raw, list):
-        raise ConfigError(f"{source}: caches: expected a list of caches, got {_kind(caches_raw)}")
-    caches = tuple(_cache(item, f"{source}: caches[{i}]") for i, item in enumerate(caches_raw))
-    _no_duplicates([c.name for c in caches], f"{source}: caches", "cache")
+        raise r.fail("caches", "a list of caches", caches_raw)
+    caches = tuple(_cache(item, r, f"caches[{i}]") for i, item in enumerate(caches_raw))
+    _no_duplicates([c.name for c in caches], r.where("caches"), "cache")
 
     tokens_raw = top.get("tokens") or []
     if not isinstance(tokens_raw, list):
-        raise ConfigError(f"{source}: tokens: expected a list of tokens, got {_kind(tokens_raw)}")
-    tokens = tuple(_token(item, f"{source}: tokens[{i}]") for i, item in enumerate(tokens_raw))
-    _no_duplicates([t.name for t in tokens], f"{source}: tokens", "token")
+        raise r.fail("tokens", "a list of tokens", tokens_raw)
+    tokens = tuple(_token(item, r, f"tokens[{i}]") for i, item in enumerate(tokens_raw))
+    _no_duplicates([t.name for t in tokens], r.where("tokens"), "token")
     for spec in tokens:
         notes.extend(shadowed_grants(spec))
 
-    jwt_cfg = _mapping(top.get("jwt") or {}, f"{source}: jwt", JWT_KEYS)
+    jwt_cfg = r.mapping(top.get("jwt"), "jwt", JWT_KEYS)
     issuer = jwt_cfg.get("token_bound_issuer")
     return ProvisionConfig(
         source=source,
@@ -258,29 +231,33 @@ def parse_config(
         tokens=tokens,
         admin_token=admin_token,
         admin_token_source=admin_source,
-        token_bound_issuer=_string(issuer, f"{source}: jwt.token_bound_issuer") if issuer else None,
-        token_bound_audiences=_strings(
-            jwt_cfg.get("token_bound_audiences") or [], f"{source}: jwt.token_bound_audiences"
+        token_bound_issuer=r.string(issuer, "jwt.token_bound_issuer") if issuer else None,
+        token_bound_audiences=r.strings(
+            jwt_cfg.get("token_bound_audiences"), "jwt.token_bound_audiences", single=True
         ),
+        ca_file=tls.get("ca_file"),
+        client_cert=tls.get("client_cert"),
+        client_key=tls.get("client_key"),
         warnings=tuple(notes),
     )
 
 
-def _server_url(value: object, where: str) -> str:
-    url = _string(value, where)
+def _server_url(value: object, r: Fields, key: str) -> str:
+    url = r.string(value, key)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: expected an http:// or https:// URL, got {url!r}")
+        raise r.fail(key, "an http:// or https:// URL", url)
     return url if url.endswith("/") else url + "/"
 
 
 def _admin_token(
     top: Mapping[str, Any],
-    source: str,
+    r: Fields,
     base_dir: Path | None,
     env: Mapping[str, str],
     notes: list[str],
 ) -> tuple[str | None, str]:
+    source = r.source
     if "admin_token" in top and "admin_token_file" in top:
         raise ConfigError(f"{source}: set either admin_token or admin_token_file, not both")
     if "admin_token" in top:
@@ -292,7 +269,7 @@ def _admin_token(
     if env.get(ENV_ADMIN_TOKEN, "").strip():
         return env[ENV_ADMIN_TOKEN].strip(), ENV_ADMIN_TOKEN
     if "admin_token_file" in top:
-        path = Path(_string(top["admin_token_file"], f"{source}: admin_token_file"))
+        path = Path(r.string(top["admin_token_file"], "admin_token_file"))
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         try:
@@ -305,7 +282,7 @@ def _admin_token(
             raise ConfigError(f"{source}: admin_token_file: {path} is empty")
         return token, f"admin_token_file {path}"
     if "admin_token" in top:
-        return _string(top["admin_token"], f"{source}: admin_token"), "admin_token"
+        return r.string(top["admin_token"], "admin_token"), "admin_token"
     return None, ""
 
 
@@ -315,42 +292,48 @@ def _no_duplicates(names: list[str], where: str, what: str) -> None:
         raise ConfigError(f"{where}: {what} '{dupes[0]}' is declared more than once")
 
 
-def _cache(item: object, where: str) -> CacheSpec:
-    entry = _mapping(item, where, CACHE_KEYS)
+def _cache(item: object, r: Fields, key: str) -> CacheSpec:
+    entry = r.mapping(item, key, CACHE_KEYS)
     if "name" not in entry:
-        raise ConfigError(f"{where}: 'name' is missing")
-    name = _string(entry["name"], f"{where}.name")
+        raise ConfigError(f"{r.where(key)}: 'name' is missing")
+    name = r.string(entry["name"], f"{key}.name")
     if not CACHE_NAME_RE.fullmatch(name):
         raise ConfigError(
-            f"{where}.name: invalid cache name {name!r}: 1-50 characters of A-Z a-z 0-9 - _ +, "
-            "starting with a letter or digit"
+            f"{r.where(key)}.name: invalid cache name {name!r}: 1-50 characters of "
+            "A-Z a-z 0-9 - _ +, starting with a letter or digit"
         )
-    where = f"{where} ({name})"
+    key = f"{key} ({name})"
     state = entry.get("state", "present")
     if state not in ("present", "absent"):
-        raise ConfigError(f"{where}: state: expected present or absent, got {_kind(state)}")
+        raise r.fail(f"{key}: state", "present or absent", state)
     keypair = entry.get("keypair", "generate")
     if keypair not in ("generate", "keep"):
-        raise ConfigError(
-            f"{where}: keypair: expected generate (a new key when the cache is created) or keep "
-            f"(the cache must exist; its key is never touched), got {_kind(keypair)}"
+        raise r.fail(
+            f"{key}: keypair",
+            "generate (a new key when the cache is created) or keep (the cache must exist; its "
+            "key is never touched)",
+            keypair,
         )
     upstream = entry.get("upstream_cache_key_names")
     return CacheSpec(
         name=name,
         state=state,
-        public=_boolean(entry["public"], f"{where}: public") if "public" in entry else None,
-        priority=_integer(entry["priority"], f"{where}: priority") if "priority" in entry else None,
+        public=r.boolean(entry["public"], f"{key}: public") if "public" in entry else None,
+        priority=(
+            r.integer(entry["priority"], f"{key}: priority", -(2**31), I32_MAX)
+            if "priority" in entry
+            else None
+        ),
         upstream_cache_key_names=(
-            _strings(upstream, f"{where}: upstream_cache_key_names")
+            r.strings(upstream, f"{key}: upstream_cache_key_names", single=True)
             if upstream is not None
             else None
         ),
-        store_dir=_string(entry["store_dir"], f"{where}: store_dir")
+        store_dir=r.string(entry["store_dir"], f"{key}: store_dir")
         if "store_dir" in entry
         else None,
         retention_period=(
-            parse_retention(entry["retention_period"], f"{where}: retention_period")
+            parse_retention(entry["retention_period"], r.where(f"{key}: retention_period"))
             if "retention_period" in entry
             else None
         ),
@@ -358,8 +341,8 @@ def _cache(item: object, where: str) -> CacheSpec:
     )
 
 
-def _permission_flags(value: object, where: str) -> frozenset[str]:
-    names = _strings(value, where)
+def _permission_flags(value: object, r: Fields, key: str) -> frozenset[str]:
+    names = r.strings(value, key, single=True)
     flags: set[str] = set()
     for name in names:
         for expanded in SHORTHANDS.get(name, (name,)):
@@ -368,51 +351,52 @@ def _permission_flags(value: object, where: str) -> frozenset[str]:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ConfigError(
-                    f"{where}: unknown permission '{name}'{hint}; known: {', '.join(known)}"
+                    f"{r.where(key)}: unknown permission '{name}'{hint}; known: {', '.join(known)}"
                 )
             flags.add(PERMISSIONS[expanded])
     if not flags:
-        raise ConfigError(f"{where}: no permissions given")
+        raise ConfigError(f"{r.where(key)}: no permissions given")
     return frozenset(flags)
 
 
-def _pattern(value: object, where: str) -> str:
-    pattern = _string(value, where)
+def _pattern(value: object, r: Fields, key: str) -> str:
+    pattern = r.string(value, key)
     if not CACHE_PATTERN_RE.fullmatch(pattern):
         raise ConfigError(
-            f"{where}: invalid cache name or pattern {pattern!r}: 1-50 characters of "
+            f"{r.where(key)}: invalid cache name or pattern {pattern!r}: 1-50 characters of "
             "A-Z a-z 0-9 - _ + *, not starting with - _ or +"
         )
     return pattern
 
 
-def _token(item: object, where: str) -> TokenSpec:
-    entry = _mapping(item, where, TOKEN_KEYS)
+def _token(item: object, r: Fields, key: str) -> TokenSpec:
+    entry = r.mapping(item, key, TOKEN_KEYS)
     if "name" not in entry and "sub" not in entry:
-        raise ConfigError(f"{where}: 'name' is missing")
-    name = _string(entry.get("name", entry.get("sub")), f"{where}.name")
+        raise ConfigError(f"{r.where(key)}: 'name' is missing")
+    name = r.string(entry.get("name", entry.get("sub")), f"{key}.name")
     if not TOKEN_NAME_RE.fullmatch(name):
         raise ConfigError(
-            f"{where}.name: invalid token name {name!r}: letters, digits, '.', '_', '-' "
+            f"{r.where(key)}.name: invalid token name {name!r}: letters, digits, '.', '_', '-' "
             "(it names the output file)"
         )
-    where = f"{where} ({name})"
-    sub = _string(entry.get("sub", name), f"{where}: sub")
-    validity = parse_duration(entry.get("validity", DEFAULT_VALIDITY), f"{where}: validity")
+    key = f"{key} ({name})"
+    sub = r.string(entry.get("sub", name), f"{key}: sub")
+    validity = parse_duration(entry.get("validity", DEFAULT_VALIDITY), r.where(f"{key}: validity"))
     if validity <= 0:
-        raise ConfigError(f"{where}: validity must be longer than 0s")
+        raise ConfigError(f"{r.where(key)}: validity must be longer than 0s")
     if "cache" in entry or "read" in entry or "write" in entry:
-        grants = [_attic_provision_grant(entry, where)]
+        grants = [_attic_provision_grant(entry, r, key)]
     else:
-        grants = _grants(entry, where)
+        grants = _grants(entry, r, key)
     if not grants:
-        raise ConfigError(f"{where}: 'caches' is empty")
+        raise ConfigError(f"{r.where(key)}: 'caches' is empty")
     return TokenSpec(name=name, sub=sub, grants=tuple(grants), validity=validity)
 
 
-def _grants(entry: Mapping[str, Any], where: str) -> list[tuple[str, frozenset[str]]]:
+def _grants(entry: Mapping[str, Any], r: Fields, key: str) -> list[tuple[str, frozenset[str]]]:
     """hookd's form: ``caches: [names or patterns]`` + ``permissions``, or a mapping of
     ``pattern: permissions``."""
+    where = r.where(key)
     caches = entry.get("caches")
     grants: list[tuple[str, frozenset[str]]] = []
     if isinstance(caches, dict):
@@ -422,21 +406,24 @@ def _grants(entry: Mapping[str, Any], where: str) -> list[tuple[str, frozenset[s
                 "(pattern: permissions)"
             )
         for pattern, perms in caches.items():
-            p = _pattern(pattern, f"{where}: caches")
-            grants.append((p, _permission_flags(perms, f"{where}: caches.{p}")))
+            p = _pattern(pattern, r, f"{key}: caches")
+            grants.append((p, _permission_flags(perms, r, f"{key}: caches.{p}")))
         return grants
     if caches is None:
         raise ConfigError(f"{where}: 'caches' is missing (cache names or patterns)")
     if "permissions" not in entry:
         raise ConfigError(f"{where}: 'permissions' is missing (e.g. permissions: write)")
-    flags = _permission_flags(entry["permissions"], f"{where}: permissions")
-    patterns = _strings(caches, f"{where}: caches")
-    return [(_pattern(p, f"{where}: caches"), flags) for p in patterns]
+    flags = _permission_flags(entry["permissions"], r, f"{key}: permissions")
+    patterns = r.strings(caches, f"{key}: caches", single=True)
+    return [(_pattern(p, r, f"{key}: caches"), flags) for p in patterns]
 
 
-def _attic_provision_grant(entry: Mapping[str, Any], where: str) -> tuple[str, frozenset[str]]:
+def _attic_provision_grant(
+    entry: Mapping[str, Any], r: Fields, key: str
+) -> tuple[str, frozenset[str]]:
     """attic-provision's form: ``cache: NAME`` with ``read`` / ``write`` booleans. ``write``
     means what the ``write`` shorthand means (pull and push: pushing asks what is missing)."""
+    where = r.where(key)
     mixed = [k for k in ("caches", "permissions") if k in entry]
     if mixed:
         raise ConfigError(
@@ -445,11 +432,11 @@ def _attic_provision_grant(entry: Mapping[str, Any], where: str) -> tuple[str, f
         )
     if "cache" not in entry:
         raise ConfigError(f"{where}: 'cache' is missing (the cache that read/write apply to)")
-    pattern = _pattern(entry["cache"], f"{where}: cache")
+    pattern = _pattern(entry["cache"], r, f"{key}: cache")
     names: list[str] = []
-    for key in ("read", "write"):
-        if key in entry and _boolean(entry[key], f"{where}: {key}"):
-            names.append(key)
+    for flag in ("read", "write"):
+        if flag in entry and r.boolean(entry[flag], f"{key}: {flag}"):
+            names.append(flag)
     if not names:
         raise ConfigError(f"{where}: no permissions given: set read: true and/or write: true")
-    return pattern, _permission_flags(names, where)
+    return pattern, _permission_flags(names, r, key)
