@@ -17,6 +17,7 @@ from hookd.attic import routes
 from hookd.attic.answers import CacheConfig, NarInfo, NixCacheInfo
 from hookd.attic.client import AtticClient
 from hookd.attic.redact import Redactor
+from hookd.attic.tls import TlsConfig
 
 T = TypeVar("T")
 
@@ -33,6 +34,7 @@ class BlockingAtticClient:
         request_timeout: float = 30.0,
         allowed_origins: Collection[str] = (),
         redactor: Redactor | None = None,
+        tls: TlsConfig | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
@@ -46,6 +48,7 @@ class BlockingAtticClient:
             request_timeout=request_timeout,
             max_connections=2,
             allowed_origins=allowed_origins,
+            tls=tls,
             transport=transport,
         )
 

@@ -42,6 +42,14 @@ class TlsConfig:
     ca_file: Path | None = None  # None: the system's CA store
     client_cert: Path | None = None
     client_key: Path | None = None
+    # Where messages say the keys are: "" for the daemon's servers.NAME.KEY; `hookd provision`
+    # names its spec file (its keys sit at the top level, the URL in server_url).
+    keys_in: str = ""
+    endpoint_key: str = "endpoint"
+
+    def key(self, name: str) -> str:
+        """How a message names the setting ``name`` (ca_file, client_cert, ...)."""
+        return f"{name} (in {self.keys_in})" if self.keys_in else f"servers.{self.name}.{name}"
 
     @classmethod
     def of(cls, server: ServerConfig) -> TlsConfig:
@@ -64,7 +72,6 @@ def _system_context() -> ssl.SSLContext:
 def client_context(server: TlsConfig) -> ssl.SSLContext:
     """The SSL context for ``server``. Raises TlsConfigError (naming the key and the file) when
     a configured CA bundle or client certificate cannot be used."""
-    key = f"servers.{server.name}"
     try:
         ctx = (
             ssl.create_default_context(cafile=str(server.ca_file))
@@ -73,9 +80,9 @@ def client_context(server: TlsConfig) -> ssl.SSLContext:
         )
     except (OSError, ssl.SSLError) as e:
         raise TlsConfigError(
-            f"server {server.name}: cannot use {key}.ca_file {server.ca_file}: {_why(e)}; set it "
-            "to a readable PEM file holding the certificate of the CA that signed the server's "
-            "certificate (or remove it to use the system's CA store)"
+            f"server {server.name}: cannot use {server.key('ca_file')} {server.ca_file}: "
+            f"{_why(e)}; set it to a readable PEM file holding the certificate of the CA that "
+            "signed the server's certificate (or remove it to use the system's CA store)"
         ) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if server.client_cert and server.client_key:
@@ -83,9 +90,10 @@ def client_context(server: TlsConfig) -> ssl.SSLContext:
             ctx.load_cert_chain(str(server.client_cert), str(server.client_key))
         except (OSError, ssl.SSLError) as e:
             raise TlsConfigError(
-                f"server {server.name}: cannot use the client certificate {key}.client_cert "
-                f"{server.client_cert} with {key}.client_key {server.client_key}: {_why(e)}; both "
-                "must be readable PEM files, the key unencrypted and matching the certificate"
+                f"server {server.name}: cannot use the client certificate "
+                f"{server.key('client_cert')} {server.client_cert} with {server.key('client_key')} "
+                f"{server.client_key}: {_why(e)}; both must be readable PEM files, the key "
+                "unencrypted and matching the certificate"
             ) from None
     return ctx
 
@@ -121,16 +129,16 @@ _NGINX_CLIENT_CERT = ("No required SSL certificate was sent", "The SSL certifica
 
 
 def _client_cert_refused(reason: str, server: TlsConfig) -> TlsConfigError:
-    key = f"servers.{server.name}"
     if server.client_cert is None:
         fix = (
-            f"it requires a client certificate (mTLS): set {key}.client_cert and "
-            f"{key}.client_key to the PEM certificate and key issued for this client"
+            f"it requires a client certificate (mTLS): set {server.key('client_cert')} and "
+            f"{server.key('client_key')} to the PEM certificate and key issued for this client"
         )
     else:
         fix = (
-            f"it refused the client certificate {key}.client_cert {server.client_cert}: is it "
-            "issued by the CA the server (or its proxy) trusts, and still valid?"
+            f"it refused the client certificate {server.key('client_cert')} "
+            f"{server.client_cert}: is it issued by the CA the server (or its proxy) trusts, "
+            "and still valid?"
         )
     return TlsConfigError(
         f"server {server.name} ({server.endpoint}): TLS client certificate refused ({reason}); {fix}"
@@ -149,22 +157,24 @@ def proxy_refused_client_cert(status: int, body: str, server: TlsConfig) -> TlsC
 
 
 def explain(e: ssl.SSLError, server: TlsConfig) -> TlsConfigError:
-    key = f"servers.{server.name}"
     where = f"server {server.name} ({server.endpoint})"
-    store = f"{key}.ca_file {server.ca_file}" if server.ca_file else "the system's CA store"
+    store = (
+        f"{server.key('ca_file')} {server.ca_file}" if server.ca_file else "the system's CA store"
+    )
     if isinstance(e, ssl.SSLCertVerificationError):
         detail = e.verify_message or e.reason or "verification failed"
         if e.verify_code == 62 or "mismatch" in detail.lower():  # X509_V_ERR_HOSTNAME_MISMATCH
             fix = (
-                f"the certificate does not name the host in {key}.endpoint; use the host name "
-                "the certificate was issued for, or reissue the certificate for this name"
+                f"the certificate does not name the host in {server.key(server.endpoint_key)}; "
+                "use the host name the certificate was issued for, or reissue the certificate "
+                "for this name"
             )
         elif e.verify_code in (9, 10):  # not yet valid, expired
             fix = "renew the server's certificate (or check this machine's clock)"
         else:
             fix = (
                 f"it is not signed by a CA in {store}. If the server uses a private CA, set "
-                f"{key}.ca_file to that CA's PEM certificate (bundle)"
+                f"{server.key('ca_file')} to that CA's PEM certificate (bundle)"
             )
         return TlsConfigError(f"{where}: TLS certificate not accepted: {detail}; {fix}")
     reason = e.reason or ""
@@ -174,9 +184,11 @@ def explain(e: ssl.SSLError, server: TlsConfig) -> TlsConfigError:
         return TlsConfigError(
             f"{where}: the server does not speak TLS on this port ({reason}). hookd never falls "
             f"back to plain HTTP: if the server really serves http, write http:// in "
-            f"{key}.endpoint (the token then travels unencrypted); better, put TLS in front of it"
+            f"{server.key(server.endpoint_key)} (the token then travels unencrypted); better, "
+            "put TLS in front of it"
         )
     return TlsConfigError(
-        f"{where}: TLS handshake failed: {reason or e}; check {key}.endpoint, {store} and, if "
-        f"the server requires one, {key}.client_cert/client_key"
+        f"{where}: TLS handshake failed: {reason or e}; check "
+        f"{server.key(server.endpoint_key)}, {store} and, if the server requires one, "
+        f"{server.key('client_cert')}/client_key"
     )

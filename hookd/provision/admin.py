@@ -19,6 +19,7 @@ import httpx
 from hookd.attic import answers, routes
 from hookd.attic.answers import CacheConfig
 from hookd.attic.blocking import BlockingAtticClient
+from hookd.attic.tls import TlsConfig
 from hookd.errors import (
     AuthError,
     BadAnswerError,
@@ -27,6 +28,7 @@ from hookd.errors import (
     ProvisionError,
     PushError,
     ServerUnreachableError,
+    TlsConfigError,
     TransientError,
 )
 from hookd.provision.claims import flag_list
@@ -100,11 +102,17 @@ class AtticAdmin:
         token: str | None,
         *,
         timeout: float = 30.0,
+        tls: TlsConfig | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server_url = server_url
         self.client = BlockingAtticClient(
-            server_url, token, name=server_url, request_timeout=timeout, transport=transport
+            server_url,
+            token,
+            name=server_url,
+            request_timeout=timeout,
+            tls=tls,
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -164,6 +172,8 @@ def _provision_error(
     e: PushError, server_url: str, action: str, cache: str, needs: set[str]
 ) -> ProvisionError:
     """The one place a client error becomes what `hookd provision` tells its user."""
+    if isinstance(e, TlsConfigError):  # names the key to set (ca_file, client_cert, ...)
+        return ProvisionError(str(e))
     if isinstance(e, ServerUnreachableError):
         return ProvisionError(f"cannot reach Attic server at {server_url}: {_reason(e)}")
     if isinstance(e, DeadlineError):

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
 
     plan = Plan((), tokens)
     admin = (
-        AtticAdmin(config.server_url, config.admin_token, timeout=args.timeout)
+        AtticAdmin(config.server_url, config.admin_token, timeout=args.timeout, tls=config.tls())
         if config.caches
         else None
     )

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from hookd import yamlfile
 from hookd.attic.names import CACHE_NAME_RE, CACHE_PATTERN_RE
+from hookd.attic.tls import TlsConfig
 from hookd.config import TLS_KEYS, tls_files
 from hookd.duration import format_duration, parse_duration
 from hookd.errors import ConfigError
@@ -136,6 +137,18 @@ class ProvisionConfig:
     @property
     def host(self) -> str:
         return urlsplit(self.server_url).hostname or ""
+
+    def tls(self) -> TlsConfig:
+        """How the Attic client reaches server_url over TLS; messages name this file's keys."""
+        return TlsConfig(
+            self.host,
+            self.server_url,
+            self.ca_file,
+            self.client_cert,
+            self.client_key,
+            keys_in=self.source,
+            endpoint_key="server_url",
+        )
 
 
 def parse_retention(value: object, where: str) -> Retention:
