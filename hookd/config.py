@@ -297,11 +297,11 @@ def parse_config(raw: object, *, source: str = "<config>", path: Path | None = N
             client_key=tls.get("client_key"),
         )
 
-    if top.get("targets") is not None and not isinstance(top["targets"], list):
-        raise r.fail("targets", "a list of {server, cache} or {store, secret_key_file}")
+    raw_targets = r.items(
+        top.get("targets"), "targets", "a list of {server, cache} or {store, secret_key_file}"
+    )
     targets = tuple(
-        _target(item, f"targets[{i}]", r, servers)
-        for i, item in enumerate(top.get("targets") or [])
+        _target(item, f"targets[{i}]", r, servers) for i, item in enumerate(raw_targets)
     )
 
     f = r.mapping(top.get("filter"), "filter", FILTER_KEYS)

@@ -91,6 +91,14 @@ class Fields:
             f"{self.where(key)}: unknown key '{first}'{hint}; known keys: {', '.join(allowed)}"
         )
 
+    def items(self, value: object, key: str, expected: str) -> list[object]:
+        """A YAML list (nothing is the empty list); ``expected`` says of what."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(key, expected, value)
+        return value
+
     def string(self, value: object, key: str) -> str:
         """A string with something in it besides white space; surrounding white space dropped
         in the place style (the provision spec always did)."""

@@ -221,15 +221,11 @@ def parse_config(
 
     admin_token, admin_source = _admin_token(top, r, base_dir, env, notes)
 
-    caches_raw = top.get("caches") or []
-    if not isinstance(caches_raw, list):
-        raise r.fail("caches", "a list of caches", caches_raw)
+    caches_raw = r.items(top.get("caches"), "caches", "a list of caches")
     caches = tuple(_cache(item, r, f"caches[{i}]") for i, item in enumerate(caches_raw))
     _no_duplicates([c.name for c in caches], r.where("caches"), "cache")
 
-    tokens_raw = top.get("tokens") or []
-    if not isinstance(tokens_raw, list):
-        raise r.fail("tokens", "a list of tokens", tokens_raw)
+    tokens_raw = r.items(top.get("tokens"), "tokens", "a list of tokens")
     tokens = tuple(_token(item, r, f"tokens[{i}]") for i, item in enumerate(tokens_raw))
     _no_duplicates([t.name for t in tokens], r.where("tokens"), "token")
     for spec in tokens:
