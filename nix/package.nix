@@ -47,7 +47,7 @@ python3Packages.buildPythonApplication {
   dependencies = with python3Packages; [
     httpx
     sniffio # httpcore imports it per request; see pyproject.toml
-    tenacity
+    h11 # hookd.attic.upload: small uploads over keep-alive HTTP/1.1
     pyyaml
     structlog
     watchfiles

@@ -202,7 +202,7 @@ def test_hook_imports_only_the_standard_library() -> None:
         check=True,
     )
     loaded = json.loads(out.stdout)
-    third_party = {"httpx", "tenacity", "yaml", "structlog", "watchfiles", "jwt", "cryptography"}
+    third_party = {"httpx", "h11", "yaml", "structlog", "watchfiles", "jwt", "cryptography"}
     assert not {m.split(".")[0] for m in loaded} & third_party, loaded
     assert [m for m in loaded if m.startswith("hookd")] == ["hookd", "hookd.hook"]
 

@@ -9,6 +9,9 @@ One client per (server, token source). Every call:
   upload) on top of httpx's per-read timeout, so a server trickling bytes cannot hold a worker;
 - reads at most a size proportionate to the request (``missing_paths``: 64 KiB + 64 bytes per
   hash asked), streaming, so a huge answer never reaches memory;
+- sends a request whose body is in memory (the upload of a small NAR) over
+  ``hookd.attic.upload``'s lean keep-alive connections, everything else through httpx, with the
+  same TLS context, timeouts and failure classification;
 - validates 2xx answers strictly (``hookd.attic.answers``) and classifies everything else once
   into ``hookd.errors`` types, with server text redacted *then* shortened.
 
@@ -23,6 +26,7 @@ import json
 import math
 import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -55,6 +59,7 @@ from hookd.attic.tls import (
     proxy_refused_client_cert,
     tls_failure,
 )
+from hookd.attic.upload import Reply, UploadTransport
 from hookd.errors import (
     AuthError,
     BadAnswerError,
@@ -115,8 +120,10 @@ def missing_cap(asked: int) -> int:
 class _Answer:
     """A response read within its cap: status, headers and at most ``cap`` bytes."""
 
-    def __init__(self, status: int, headers: httpx.Headers, body: bytes, whole: bool) -> None:
-        self.status, self.headers, self.body, self.whole = status, headers, body, whole
+    def __init__(
+        self, status: int, header: Callable[[str], str | None], body: bytes, whole: bool
+    ) -> None:
+        self.status, self.header, self.body, self.whole = status, header, body, whole
 
     @property
     def text(self) -> str:
@@ -165,24 +172,39 @@ class AtticClient:
             verify = client_context(self._tls)
         except TlsConfigError as e:
             self._tls_error = e
+        trust_env = transport is None
+        connect_timeout = min(10.0, request_timeout)
         self._client = httpx.AsyncClient(
             transport=transport,
             verify=verify,
             http1=True,
             http2=False,
-            timeout=httpx.Timeout(request_timeout, connect=min(10.0, request_timeout)),
+            timeout=httpx.Timeout(request_timeout, connect=connect_timeout),
             follow_redirects=False,
             headers={"User-Agent": f"hookd/{__version__}"},
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            trust_env=transport is None,
+            trust_env=trust_env,
         )
+        # In-memory bodies take the lean path, unless a test injected a transport or the
+        # environment names a proxy (which only httpx speaks).
+        self._lean: UploadTransport | None = None
+        if transport is None and not urllib.request.getproxies():
+            self._lean = UploadTransport(
+                ssl_context=verify if isinstance(verify, ssl.SSLContext) else None,
+                read_timeout=request_timeout,
+                connect_timeout=connect_timeout,
+                max_connections=max_connections,
+                user_agent=f"hookd/{__version__}",
+            )
 
     def __repr__(self) -> str:
         return f"AtticClient({self.name!r}, endpoint={self.endpoint!r})"
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._client.aclose()
 
     # -- the api_endpoint a server advertises -----------------------------------------------
@@ -317,10 +339,11 @@ class AtticClient:
         return self._parse(a, op, lambda data: parse_missing_paths(data, asked))
 
     async def upload_path(
-        self, headers: Mapping[str, str], body: AsyncIterator[bytes], nar_size: int
+        self, headers: Mapping[str, str], body: bytes | AsyncIterator[bytes], nar_size: int
     ) -> UploadResult:
-        """PUT upload-path; ``headers``/``body`` from ``routes.upload_headers`` and the NAR
-        stream (with the preamble in front when ``X-Attic-Nar-Info-Preamble-Size`` is set)."""
+        """PUT upload-path; ``headers``/``body`` from ``routes.upload_headers`` and the NAR, in
+        memory or streamed (with the preamble in front when ``X-Attic-Nar-Info-Preamble-Size``
+        is set)."""
         op = "upload-path"
         a = await self._call(
             "PUT",
@@ -372,7 +395,7 @@ class AtticClient:
         cap: int,
         headers: Mapping[str, str] | None = None,
         json_body: object = None,
-        content: AsyncIterator[bytes] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
         nar_size: int | None = None,
     ) -> _Answer:
         url = base + path
@@ -391,14 +414,23 @@ class AtticClient:
         limit = self.deadline(nar_size)
         try:
             async with asyncio.timeout(limit):
-                request = self._client.build_request(
-                    method, url, headers=all_headers, content=data if content is None else content
-                )
-                resp = await self._client.send(request, stream=True)
-                try:
-                    answer = await _read(resp, cap if resp.is_success else ERROR_CAP)
-                finally:
-                    await resp.aclose()
+                if isinstance(content, bytes) and self._lean is not None:
+                    reply: Reply = await self._lean.request(
+                        method, url, all_headers, content, cap=cap, error_cap=ERROR_CAP
+                    )
+                    answer = _Answer(reply.status, reply.header, reply.body, reply.whole)
+                else:
+                    request = self._client.build_request(
+                        method,
+                        url,
+                        headers=all_headers,
+                        content=data if content is None else content,
+                    )
+                    resp = await self._client.send(request, stream=True)
+                    try:
+                        answer = await _read(resp, cap if resp.is_success else ERROR_CAP)
+                    finally:
+                        await resp.aclose()
         except TimeoutError:
             raise DeadlineError(
                 f"{op} on server {self.name} ({base}) took longer than its total deadline of "
@@ -476,7 +508,7 @@ class AtticClient:
         if 300 <= status < 400:
             return self._redirect(a, op, url)
         if status in (408, 429) or status >= 500:
-            retry = parse_retry_after(a.headers.get("Retry-After"))
+            retry = parse_retry_after(a.header("Retry-After"))
             return TransientError(
                 f"{op} on {server}: {shown}", status=status, retry_after=retry, kind=kind
             )
@@ -508,7 +540,7 @@ class AtticClient:
         return PermanentError(f"{op} on {server}: {shown}", status=status, kind=kind)
 
     def _redirect(self, a: _Answer, op: str, url: str) -> RedirectError:
-        location = a.headers.get("Location")
+        location = a.header("Location")
         target = urlsplit(urljoin(url, location)) if location else None
         here = urlsplit(url)
         host = self._redactor.clean(target.netloc, 100) if target and target.netloc else None
@@ -546,7 +578,7 @@ async def _read(resp: httpx.Response, cap: int) -> _Answer:
             break
         chunks.append(chunk)
         size += len(chunk)
-    return _Answer(resp.status_code, resp.headers, b"".join(chunks), whole)
+    return _Answer(resp.status_code, resp.headers.get, b"".join(chunks), whole)
 
 
 def _size(n: int | None) -> str:

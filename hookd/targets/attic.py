@@ -2,8 +2,9 @@
 
 Flow per ``push``: GET cache-config (cached per target) → drop upstream-signed paths →
 POST get-missing-paths (batches of 10,000) → PUT upload-path for each missing path, references
-before referrers, at most ``upload.concurrency`` at once, each NAR streamed from
-``nix-store --dump`` and hashed on the way out. The HTTP contract (docs/attic-api.md) and the
+before referrers, at most ``upload.concurrency`` at once, each small NAR built in-process and
+sent from memory, each larger one streamed from ``nix-store --dump`` and hashed on the way
+out. One log line per batch at info (per path at debug: a closure is thousands of paths). The HTTP contract (docs/attic-api.md) and the
 classification of every answer live in the client; this module decides what to retry (one
 backoff policy, hookd.backoff, honouring Retry-After), what to cache and how to explain an
 authorization failure with the token's own claims.
@@ -20,7 +21,6 @@ from typing import TypeVar
 
 import httpx
 import structlog
-from tenacity import AsyncRetrying, RetryCallState
 
 from hookd.attic import routes
 from hookd.attic.answers import CacheConfig
@@ -133,6 +133,8 @@ class AtticTarget:
             transport=transport,
         )
         self._config: CacheConfig | None = None
+        # Created once per target (not per upload: seeding a Random costs an os.urandom).
+        self._backoff = Backoff(float(upload.min_backoff), float(upload.max_backoff))
         self._slots = asyncio.Semaphore(max(1, upload.concurrency))
         self._config_lock = asyncio.Lock()
 
@@ -255,6 +257,21 @@ class AtticTarget:
     async def _upload_all(self, missing: list[PathInfo], report: PushReport) -> None:
         if not missing:
             return
+        start = time.monotonic()
+        try:
+            await self._upload_each(missing, report)
+        finally:  # the push's one line at info (per path at debug)
+            log.info(
+                "attic.uploads",
+                target=self.id,
+                paths=len(missing),
+                uploaded=len(report.uploaded),
+                failed=len(report.failed),
+                bytes=report.bytes_sent,
+                ms=round((time.monotonic() - start) * 1000),
+            )
+
+    async def _upload_each(self, missing: list[PathInfo], report: PushReport) -> None:
         deps = upload_order(missing)
         infos = {p.path: p for p in missing}
         loop = asyncio.get_running_loop()
@@ -332,8 +349,9 @@ class AtticTarget:
         self._log_upload(info, start, kind)
 
     def _log_upload(self, info: PathInfo, start: float, result: str, **extra: str) -> None:
-        """One line per upload outcome: path, target, bytes, milliseconds, result."""
-        log.info(
+        """One line per upload outcome: path, target, bytes, milliseconds, result; at debug
+        when it succeeded (the batch has its own line at info)."""
+        (log.info if extra else log.debug)(
             "attic.upload",
             path=info.path,
             target=self.id,
@@ -347,13 +365,18 @@ class AtticTarget:
         meta, preamble = encode_nar_info(info, self.cache)
         headers, _length = routes.upload_headers(meta, preamble, info.nar_size)
         try:
-            async with self.nix.dump(
-                info.path, nar_hash=info.nar_hash, nar_size=info.nar_size
-            ) as chunks:
-                body = _verified_body(info, chunks, meta if preamble else b"")
-                result = await self._authorized(
-                    "upload-path", self.client.upload_path(headers, body, info.nar_size)
+            data = await self.nix.small_nar(info.path, info.nar_hash, info.nar_size)
+            if data is not None:  # verified against nar_hash/nar_size already
+                call = self.client.upload_path(
+                    headers, meta + data if preamble else data, info.nar_size
                 )
+                result = await self._authorized("upload-path", call)
+            else:
+                async with self.nix.dump(info.path) as chunks:
+                    body = _verified_body(info, chunks, meta if preamble else b"")
+                    result = await self._authorized(
+                        "upload-path", self.client.upload_path(headers, body, info.nar_size)
+                    )
         except NixError as e:
             raise PermanentError(f"cannot read the NAR of {info.path}: {e}") from None
         except OSError as e:  # cannot spawn nix-store, EMFILE, dump timeout (TimeoutError)
@@ -461,48 +484,39 @@ class AtticTarget:
     # -- retries ---------------------------------------------------------------------------
 
     async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()``, retried on transient errors (and once on a server-side corrupt upload)
+        up to ``upload.retry_attempts`` attempts, waiting per the one backoff policy. A
+        Retry-After longer than ``max_backoff`` gives up at once: the pusher schedules the
+        item at that time."""
         upload = self.upload
-        backoff = Backoff(float(upload.min_backoff), float(upload.max_backoff))
+        attempts = max(1, upload.retry_attempts)
         corrupt_seen = 0
-
-        def should_retry(state: RetryCallState) -> bool:
-            nonlocal corrupt_seen
-            if state.outcome is None or not state.outcome.failed:
-                return False
-            e = state.outcome.exception()
-            if isinstance(e, ServerCorruptError):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await fn()
+            except ServerCorruptError as e:
                 corrupt_seen += 1
-                return corrupt_seen <= CORRUPT_RETRIES
-            return isinstance(e, TransientError)
-
-        def stop(state: RetryCallState) -> bool:
-            if state.attempt_number >= max(1, upload.retry_attempts):
-                return True
-            e = state.outcome.exception() if state.outcome is not None else None
-            ra = e.retry_after if isinstance(e, TransientError) else None
-            # A Retry-After longer than we may wait in-process: give up now; the pusher
-            # schedules the item at that time.
-            return ra is not None and ra > upload.max_backoff
-
-        def wait(state: RetryCallState) -> float:
-            e = state.outcome.exception() if state.outcome is not None else None
-            ra = e.retry_after if isinstance(e, TransientError) else None
-            delay = backoff.delay(state.attempt_number - 1, ra)
+                if corrupt_seen > CORRUPT_RETRIES or attempt >= attempts:
+                    raise
+                error: PushError = e
+                retry_after = None
+            except TransientError as e:
+                if attempt >= attempts:
+                    raise
+                if e.retry_after is not None and e.retry_after > upload.max_backoff:
+                    raise
+                error, retry_after = e, e.retry_after
+            delay = self._backoff.delay(attempt - 1, retry_after)
             log.debug(
                 "attic.retry",
                 target=self.id,
-                attempt=state.attempt_number,
+                attempt=attempt,
                 delay=round(delay, 3),
-                error=self.tokens.redactor.clean(str(e), 1000),
+                error=self.tokens.redactor.clean(str(error), 1000),
             )
-            return delay
-
-        retrying = AsyncRetrying(stop=stop, wait=wait, retry=should_retry, reraise=True)
-        result: T
-        async for attempt in retrying:
-            with attempt:
-                result = await fn()
-        return result
+            await asyncio.sleep(delay)
 
 
 async def _verified_body(

@@ -248,7 +248,7 @@ let
           "setuptools"
           "httpx"
           "sniffio"
-          "tenacity"
+          "h11"
           "pyyaml"
           "structlog"
           "watchfiles"
