@@ -584,6 +584,10 @@ class Faults:
     huge_answer: int = 0
     huge_sent: int = 0
     huge_done: bool = False
+    # The next N PUT requests are reset (RST, no answer), whatever reset_rate says.
+    reset_puts: int = 0
+    # The next N API answers declare a 1,000-byte body, send 100 bytes of it and close.
+    cut_answers: int = 0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -611,6 +615,8 @@ class Faults:
             self.include_binary_cache = False
             self.trickle_delay = 0.0
             self.huge_answer = 0
+            self.reset_puts = 0
+            self.cut_answers = 0
 
     def _roll(self, rate: float) -> bool:
         if rate <= 0:
@@ -628,6 +634,15 @@ class Faults:
                 return False
             self.uploads_held += 1
             return True
+
+    def _take(self, name: str) -> bool:
+        """Count one off the counter ``name``; whether it was positive."""
+        with self._lock:
+            n = getattr(self, name)
+            if n > 0:
+                object.__setattr__(self, name, n - 1)
+                return True
+            return False
 
     def _pop_huge(self) -> int:
         with self._lock:
@@ -1032,6 +1047,18 @@ class _Exchange:
             self.h.wfile.flush()
             time.sleep(delay)
             self.h.wfile.write(body[i : i + 1])
+
+    def send_cut(self) -> None:
+        """Fault cut_answers: a 200 answer that ends after 100 of its declared 1,000 bytes."""
+        self.status, self.kind, self.responded = 200, "fault:cut_answer", True
+        self.record()
+        self.h.wfile.write(self._head(200, {"Content-Type": "application/json"}, 1000))
+        self.h.wfile.write(b'{"kind":"' + b"x" * 91)
+        self.h.wfile.flush()
+        try:
+            self.h.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def send_json(self, obj: Any, kind: str | None = None) -> None:
         body = json.dumps(obj, separators=(",", ":")).encode()
@@ -1627,8 +1654,11 @@ class AtticTestServer:
         is_api = x.path.startswith("/_api/")
         assert x.body is not None
         # Infrastructure faults first (they sit "in front of" atticd).
-        if f._roll(f.reset_rate):
+        if (x.method == "PUT" and f._take("reset_puts")) or f._roll(f.reset_rate):
             x.reset()
+            return
+        if is_api and f._take("cut_answers"):
+            x.send_cut()
             return
         if f.max_body_size is not None:
             too_big = (
