@@ -13,6 +13,7 @@ authorization failure with the token's own claims.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import os
 import time
@@ -272,50 +273,81 @@ class AtticTarget:
             )
 
     async def _upload_each(self, missing: list[PathInfo], report: PushReport) -> None:
+        """Upload ``missing``, each path after its references, with ``upload.concurrency``
+        workers taking ready paths from one queue (not a task per path: a closure of 10,000
+        paths would hold 10,000 suspended tasks; issue 14). A failed path fails every path that
+        refers to it, transitively, without trying them."""
         deps = upload_order(missing)
         infos = {p.path: p for p in missing}
-        loop = asyncio.get_running_loop()
-        results: dict[str, asyncio.Future[PushError | None]] = {
-            p: loop.create_future() for p in infos
-        }
+        waiting = {p: len(d) for p, d in deps.items()}
+        referrers: dict[str, list[str]] = {}
+        for p, ds in deps.items():
+            for d in ds:
+                referrers.setdefault(d, []).append(p)
+        ready = collections.deque(p for p, n in waiting.items() if n == 0)
+        settled: set[str] = set()
         abort: list[PushError] = []  # the first whole-target failure; stops new uploads
+        progress = asyncio.Event()
+        busy = 0
 
-        async def one(path: str) -> None:
-            error: PushError | None = None
-            try:
-                for ref in deps[path]:
-                    ref_error = await asyncio.shield(results[ref])
-                    if ref_error is not None:
-                        error = _because_of(ref_error, ref)
-                        report.failed[path] = error
-                        log.info(
-                            "attic.upload",
-                            path=path,
-                            target=self.id,
-                            bytes=0,
-                            ms=0,
-                            result="failed",
-                            error=str(error),
-                        )
-                        return
-                async with self._slots:
-                    if abort:
-                        error = abort[0]
-                        return
-                    try:
+        def settle(path: str, error: PushError | None) -> None:
+            settled.add(path)
+            stack = [(path, error)]
+            while stack:
+                done, err = stack.pop()
+                for q in referrers.get(done, ()):
+                    if q in settled:
+                        continue
+                    if err is None:
+                        waiting[q] -= 1
+                        if waiting[q] == 0:
+                            ready.append(q)
+                        continue
+                    q_err = _because_of(err, done)
+                    report.failed[q] = q_err
+                    settled.add(q)
+                    log.info(
+                        "attic.upload",
+                        path=q,
+                        target=self.id,
+                        bytes=0,
+                        ms=0,
+                        result="failed",
+                        error=str(q_err),
+                    )
+                    stack.append((q, q_err))
+
+        async def worker() -> None:
+            nonlocal busy
+            while not abort:
+                if not ready:
+                    if busy == 0:
+                        return  # nothing ready and nothing in flight: all settled
+                    progress.clear()
+                    await progress.wait()
+                    continue
+                path = ready.popleft()
+                if path in settled:
+                    continue
+                busy += 1
+                error: PushError | None = None
+                try:
+                    async with self._slots:
                         await self._upload_one(infos[path], report)
-                    except (AuthError, ParkedError, ServerUnreachableError) as e:
-                        error = e
-                        if not abort:
-                            abort.append(e)
-                    except PushError as e:
-                        error = e
-                        report.failed[path] = e
-            finally:
-                if not results[path].done():
-                    results[path].set_result(error)
+                except (AuthError, ParkedError, ServerUnreachableError) as e:
+                    error = e
+                    if not abort:
+                        abort.append(e)
+                except PushError as e:
+                    error = e
+                    report.failed[path] = e
+                finally:
+                    busy -= 1
+                    settle(path, error)
+                    progress.set()
 
-        tasks = [asyncio.create_task(one(p)) for p in infos]
+        workers = min(max(1, self.upload.concurrency), len(infos))
+        tasks = [asyncio.create_task(worker()) for _ in range(workers)]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
