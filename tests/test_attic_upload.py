@@ -6,6 +6,7 @@ cache is made for it, and the NARs are built by hookd/nar.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -257,3 +258,33 @@ def test_the_target_retries_a_reset_upload(
     assert set(srv.objects("team")) == {p.hash_part for p in paths}
     resets = [r for r in srv.requests if r.error_kind == "fault:reset"]
     assert len(resets) == 2
+
+
+def test_a_failed_path_fails_its_referrers_without_trying_them(
+    srv: AtticTestServer, store: Path, token: str, tmp_path: Path
+) -> None:
+    gone, other = make_path(store, "gone"), make_path(store, "other")
+    user = make_path(store, "user")
+    user = dataclasses.replace(user, references=(gone.path,))
+    top = dataclasses.replace(make_path(store, "top"), references=(user.path, other.path))
+    Path(gone.path).unlink()  # garbage-collected after path-info: a permanent failure
+    server = ServerConfig("prod", srv.url, write_token(tmp_path / "token", token))
+    target = AtticTarget(
+        server, "team", nix=Nix(), upload=UploadConfig(concurrency=2, retry_attempts=1),
+        tokens=TokenStore({"prod": server}), store_dir=str(store),
+    )  # fmt: skip
+
+    async def go() -> None:
+        try:
+            report = await target.push([top, user, other, gone])
+        finally:
+            await target.close()
+        assert report.uploaded == [other.path]
+        assert set(report.failed) == {gone.path, user.path, top.path}
+        assert "no longer in the local store" in str(report.failed[gone.path])
+        assert f"its reference {gone.path} failed" in str(report.failed[user.path])
+        assert f"its reference {user.path} failed" in str(report.failed[top.path])
+
+    asyncio.run(go())
+    assert set(srv.objects("team")) == {other.hash_part}
+    assert len([r for r in srv.requests if r.method == "PUT"]) == 1
