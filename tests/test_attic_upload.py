@@ -20,7 +20,13 @@ from hookd.attic.redact import Redactor
 from hookd.attic.routes import encode_nar_info, upload_headers
 from hookd.attic.upload import UploadTransport
 from hookd.config import ServerConfig, UploadConfig
-from hookd.errors import BadAnswerError, PushError, ServerUnreachableError, TransientError
+from hookd.errors import (
+    BadAnswerError,
+    DeadlineError,
+    PushError,
+    ServerUnreachableError,
+    TransientError,
+)
 from hookd.models import PathInfo, nix32_encode
 from hookd.nar import serialize
 from hookd.nix import Nix
@@ -288,3 +294,38 @@ def test_a_failed_path_fails_its_referrers_without_trying_them(
     asyncio.run(go())
     assert set(srv.objects("team")) == {other.hash_part}
     assert len([r for r in srv.requests if r.method == "PUT"]) == 1
+
+
+def test_a_trickling_answer_hits_the_total_deadline(
+    srv: AtticTestServer, store: Path, token: str
+) -> None:
+    p = make_path(store, "trickle")
+    client = client_for(srv, token, timeout=0.4)
+    body = b'{"kind":"Uploaded","file_size":1,"frac_deduplicated":null}'
+    srv.faults.trickle_delay = 0.1  # each read is far shorter than request_timeout
+    # A valid answer, padded: without a total deadline it would arrive, after ~40 s.
+    srv.faults.status_script = [(200, {"Content-Type": "application/json"}, body + b" " * 400)]
+
+    async def go(c: AtticClient) -> PushError:
+        with pytest.raises(PushError) as e:
+            await upload(c, p)
+        return e.value
+
+    err = run(client, go)
+    assert isinstance(err, DeadlineError) and "total deadline" in str(err), err
+
+
+def test_a_silent_server_hits_the_read_timeout(
+    srv: AtticTestServer, store: Path, token: str
+) -> None:
+    p = make_path(store, "silent")
+    client = client_for(srv, token, timeout=0.3)
+    srv.faults.slow_body_delay = 2.0  # the answer starts after 2 s: past one read's timeout
+
+    async def go(c: AtticClient) -> PushError:
+        with pytest.raises(PushError) as e:
+            await upload(c, p)
+        return e.value
+
+    err = run(client, go)
+    assert type(err) is TransientError and "ReadTimeout" in str(err), err

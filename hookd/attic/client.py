@@ -413,13 +413,13 @@ class AtticClient:
             data = None
         limit = self.deadline(nar_size)
         try:
-            async with asyncio.timeout(limit):
-                if isinstance(content, bytes) and self._lean is not None:
-                    reply: Reply = await self._lean.request(
-                        method, url, all_headers, content, cap=cap, error_cap=ERROR_CAP
-                    )
-                    answer = _Answer(reply.status, reply.header, reply.body, reply.whole)
-                else:
+            if isinstance(content, bytes) and self._lean is not None:
+                reply: Reply = await self._lean.request(
+                    method, url, all_headers, content, cap=cap, error_cap=ERROR_CAP, timeout=limit
+                )
+                answer = _Answer(reply.status, reply.header, reply.body, reply.whole)
+            else:
+                async with asyncio.timeout(limit):
                     request = self._client.build_request(
                         method,
                         url,

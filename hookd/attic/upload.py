@@ -10,7 +10,7 @@ exchange left it reusable. Large NARs streamed from ``nix-store --dump`` and eve
 stay on httpx.
 
 Bounds, the same as the httpx path: ``read_timeout`` per read and write, ``connect_timeout``
-per connect (the caller adds the total deadline), response heads at most h11's 16 KiB, bodies
+per connect, a total deadline per request (one timer, rescheduled per step), response heads at most h11's 16 KiB, bodies
 read up to a cap (``Reply.whole`` says whether that was all; an unread rest closes the
 connection). Failures are raised as the httpx exceptions httpx raises for the same fault
 (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError``, ...) so that the Attic client
@@ -68,6 +68,24 @@ class _Conn:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class _Clock:
+    """One timer per request: each step (connect, write, read) gets its own timeout and the
+    whole request ends at ``deadline``; one ``asyncio.Timeout`` rescheduled per step costs half
+    of a timer per read plus one for the total (issue 14)."""
+
+    __slots__ = ("deadline", "loop", "phase", "timer")
+
+    def __init__(self, seconds: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.deadline = self.loop.time() + seconds
+        self.phase = "read"
+        self.timer = asyncio.timeout_at(None)
+
+    def arm(self, phase: str, seconds: float) -> None:
+        self.phase = phase
+        self.timer.reschedule(min(self.deadline, self.loop.time() + seconds))
 
 
 class _Stale(Exception):
@@ -134,25 +152,42 @@ class UploadTransport:
         *,
         cap: int,
         error_cap: int,
+        timeout: float,
     ) -> Reply:
         """Send one request and read its answer: a 2xx body up to ``cap`` bytes, any other
-        up to ``error_cap``."""
+        up to ``error_cap``. Past ``timeout`` seconds in all it raises TimeoutError (the
+        caller's total deadline), past a step's own timeout the httpx exception for it."""
         origin, host, target = self._split(url)
         head = [(b"Host", host), (b"User-Agent", self._user_agent)]
         head.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in headers.items())
         request = h11.Request(method=method, target=target, headers=head)
-        async with self._slots:
-            conn = self._take(origin)
-            if conn is not None:
+        clock = _Clock(timeout)
+        caps = (cap, error_cap)
+        try:
+            async with self._slots, clock.timer:
+                conn = self._take(origin)
+                if conn is not None:
+                    try:
+                        return await self._exchange(conn, origin, request, body, caps, clock, True)
+                    except _Stale:
+                        pass  # the server closed the idle connection as we sent: once more, fresh
+                conn = await self._connect(origin, clock)
                 try:
-                    return await self._exchange(conn, origin, request, body, (cap, error_cap), True)
-                except _Stale:
-                    pass  # the server closed the idle connection as we sent: once more, fresh
-            conn = await self._connect(origin)
-            try:
-                return await self._exchange(conn, origin, request, body, (cap, error_cap), False)
-            except _Stale as e:  # not raised for a fresh connection; for the type checker
-                raise e.error from None
+                    return await self._exchange(conn, origin, request, body, caps, clock, False)
+                except _Stale as e:  # not raised for a fresh connection; for the type checker
+                    raise e.error from None
+        except TimeoutError:
+            if clock.loop.time() >= clock.deadline:
+                raise  # the total deadline: the caller says so
+            if clock.phase == "connect":
+                raise httpx.ConnectTimeout(
+                    f"no connection to {origin[1]}:{origin[2]} within {self._connect_timeout:g} s"
+                ) from None
+            if clock.phase == "write":
+                raise httpx.WriteTimeout(
+                    f"no progress writing for {self._read_timeout:g} s"
+                ) from None
+            raise httpx.ReadTimeout(f"no answer for {self._read_timeout:g} s") from None
 
     def _take(self, origin: _Origin) -> _Conn | None:
         idle = self._idle.get(origin)
@@ -170,20 +205,16 @@ class UploadTransport:
         else:
             idle.append(conn)
 
-    async def _connect(self, origin: _Origin) -> _Conn:
+    async def _connect(self, origin: _Origin, clock: _Clock) -> _Conn:
         scheme, host, port = origin
         tls = self._ssl if scheme == "https" else None
         if scheme == "https" and tls is None:
             tls = ssl.create_default_context()
+        clock.arm("connect", self._connect_timeout)
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None, limit=IO_SIZE
-                )
-        except TimeoutError:
-            raise httpx.ConnectTimeout(
-                f"no connection to {host}:{port} within {self._connect_timeout:g} s"
-            ) from None
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=host if tls else None, limit=IO_SIZE
+            )
         except (OSError, ssl.SSLError) as e:  # ssl.SSLError is an OSError; named for the reader
             raise httpx.ConnectError(f"{type(e).__name__}: {e}") from None
         self.opened += 1
@@ -196,6 +227,7 @@ class UploadTransport:
         request: h11.Request,
         body: bytes,
         caps: tuple[int, int],
+        clock: _Clock,
         reused: bool,
     ) -> Reply:
         h = conn.h11
@@ -211,7 +243,7 @@ class UploadTransport:
             except h11.LocalProtocolError as e:
                 raise httpx.LocalProtocolError(str(e)) from None
             conn.writer.write(data)
-            await self._drain(conn)
+            await self._drain(conn, clock)
             status = 0
             headers: list[tuple[bytes, bytes]] = []
             chunks: list[bytes] = []
@@ -223,7 +255,8 @@ class UploadTransport:
                 except h11.RemoteProtocolError as e:
                     raise httpx.RemoteProtocolError(f"malformed answer: {e}") from None
                 if event is h11.NEED_DATA:
-                    chunk = await self._read(conn)
+                    clock.arm("read", self._read_timeout)
+                    chunk = await conn.reader.read(IO_SIZE)
                     if chunk:
                         got_bytes = True
                     elif not got_bytes and reused:
@@ -267,19 +300,9 @@ class UploadTransport:
             else:
                 conn.close()
 
-    async def _drain(self, conn: _Conn) -> None:
+    async def _drain(self, conn: _Conn, clock: _Clock) -> None:
         transport = conn.writer.transport
         if transport.get_write_buffer_size() == 0 and not transport.is_closing():
             return  # the common case: the kernel took the whole request at once
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                await conn.writer.drain()
-        except TimeoutError:
-            raise httpx.WriteTimeout(f"no progress writing for {self._read_timeout:g} s") from None
-
-    async def _read(self, conn: _Conn) -> bytes:
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                return await conn.reader.read(IO_SIZE)
-        except TimeoutError:
-            raise httpx.ReadTimeout(f"no answer for {self._read_timeout:g} s") from None
+        clock.arm("write", self._read_timeout)
+        await conn.writer.drain()
