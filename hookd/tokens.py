@@ -59,6 +59,10 @@ class _Sig:
     mode: int
 
 
+def _sig(st: os.stat_result) -> _Sig:
+    return _Sig(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
 @dataclass
 class _Cached:
     sig: _Sig
@@ -76,6 +80,8 @@ class TokenStore:
         self._store_dir = os.path.normpath(store_dir)
         self._cache: dict[str, _Cached] = {}
         self._warned: dict[str, _Sig] = {}
+        # The file version each path was last found outside the store as (see _stat_checked).
+        self._outside: dict[str, _Sig] = {}
         # Every token value ever seen (inline or read from a file), for redaction.
         self.redactor = Redactor(s.token for s in self._servers.values() if s.token)
 
@@ -148,15 +154,24 @@ class TokenStore:
         return any(c.startswith(prefix) or c == self._store_dir for c in candidates)
 
     def _stat_checked(self, path: Path) -> _Sig:
-        if self._in_store(path):
-            raise TokenFileError(
-                f"token file {path} is inside the Nix store ({self._store_dir}), where every user "
-                "can read it; keep tokens out of the store (sops-nix/agenix secret with "
-                'mode = "0400", or a file with `chmod 600`) and point token_file at it',
-                path=path,
-            )
+        key = str(path)
         try:
-            st = os.stat(path)
+            first: os.stat_result | None = os.stat(path)
+        except OSError:
+            first = None
+        # realpath costs an lstat per path component, on every request of a push (issue 14);
+        # the same file version (device, inode, times) as last time is the same verdict.
+        if first is None or self._outside.get(key) != _sig(first):
+            self._outside.pop(key, None)
+            if self._in_store(path):
+                raise TokenFileError(
+                    f"token file {path} is inside the Nix store ({self._store_dir}), where every "
+                    "user can read it; keep tokens out of the store (sops-nix/agenix secret with "
+                    'mode = "0400", or a file with `chmod 600`) and point token_file at it',
+                    path=path,
+                )
+        try:
+            st = first if first is not None else os.stat(path)
         except FileNotFoundError:
             raise TokenFileError(
                 f"token file {path} does not exist; create it (mode 0600) with a token from "
@@ -173,7 +188,7 @@ class TokenStore:
             raise TokenFileError(f"token file {path}: {e.strerror}", path=path) from None
         if not stat.S_ISREG(st.st_mode):
             raise TokenFileError(f"token file {path} is not a regular file", path=path)
-        sig = _Sig(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+        sig = _sig(st)
         mode = stat.S_IMODE(st.st_mode)
         if mode & stat.S_IROTH:
             raise TokenFileError(
@@ -189,6 +204,7 @@ class TokenStore:
                 mode=f"{mode:04o}",
                 fix=FILE_FIX.format(file=path),
             )
+        self._outside[key] = sig
         return sig
 
     def _read(self, path: Path) -> str:

@@ -93,6 +93,25 @@ def test_store_path_refused(tmp_path: Path) -> None:
         store.get("prod")
 
 
+def test_a_symlink_repointed_into_the_store_is_refused_at_the_next_get(tmp_path: Path) -> None:
+    # The store check is remembered per file version (issue 14: no realpath per request); a
+    # symlink swapped to a file in the store is a new version, so it is checked again.
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    outside = write_token(tmp_path / "outside-token", make_jwt({"sub": "a"}))
+    inside = write_token(store_dir / "abc-token", make_jwt({"sub": "b"}))
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    store = TokenStore({"prod": ServerConfig("prod", "http://x/", link)}, store_dir=str(store_dir))
+    assert store.get("prod") == outside.read_text().strip()
+    assert store.get("prod") == outside.read_text().strip()
+    tmp = tmp_path / "link.new"
+    tmp.symlink_to(inside)
+    os.replace(tmp, link)
+    with pytest.raises(TokenFileError, match="inside the Nix store"):
+        store.get("prod")
+
+
 def test_real_nix_store_path_refused() -> None:
     f = Path("/nix/store/00000000000000000000000000000000-token")
     with pytest.raises(TokenFileError, match="inside the Nix store"):
