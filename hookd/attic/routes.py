@@ -19,6 +19,8 @@ from hookd.models import PathInfo
 API = "_api/v1/"
 MISSING_BATCH = 10_000  # hashes per get-missing-paths call (axum's 2 MiB body limit ≈ 59k)
 PREAMBLE_THRESHOLD = 4096  # the official client's NAR_INFO_PREAMBLE_THRESHOLD
+# One encoder for every upload: json.dumps with non-default options builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
 def cache_config(cache: str) -> str:
@@ -109,7 +111,7 @@ def nar_info(info: PathInfo, cache: str) -> UploadPathNarInfo:
 
 def encode_nar_info(info: PathInfo, cache: str) -> tuple[bytes, bool]:
     """The compact JSON and whether it must go in the body preamble (JSON ≥ 4 KiB)."""
-    data = json.dumps(nar_info(info, cache), separators=(",", ":"), ensure_ascii=True).encode()
+    data = _COMPACT.encode(nar_info(info, cache)).encode()
     return data, len(data) >= PREAMBLE_THRESHOLD
 
 
