@@ -42,6 +42,7 @@ from hookd.errors import (
     ServerUnreachableError,
     TransientError,
 )
+from hookd.logs import debug_enabled
 from hookd.models import PathInfo, PushReport, attic_server_key, attic_target_id
 from hookd.nix import Nix
 from hookd.tokens import TokenStore, expires_description
@@ -383,6 +384,8 @@ class AtticTarget:
     def _log_upload(self, info: PathInfo, start: float, result: str, **extra: str) -> None:
         """One line per upload outcome: path, target, bytes, milliseconds, result; at debug
         when it succeeded (the batch has its own line at info)."""
+        if not extra and not debug_enabled():
+            return
         (log.info if extra else log.debug)(
             "attic.upload",
             path=info.path,
