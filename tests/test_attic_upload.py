@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -329,3 +332,67 @@ def test_a_silent_server_hits_the_read_timeout(
 
     err = run(client, go)
     assert type(err) is TransientError and "ReadTimeout" in str(err), err
+
+
+@pytest.fixture
+def tls_srv(srv: AtticTestServer, tmp_path: Path) -> Iterator[tuple[AtticTestServer, Path]]:
+    """``srv`` behind TLS: its listening socket wrapped with a self-signed certificate for
+    127.0.0.1 (made by openssl). Yields the server and the certificate (the client's CA)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    httpd = srv._httpd
+    assert httpd is not None
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)  # before any connection
+    yield srv, cert
+
+
+def https_client(srv: AtticTestServer, token: str) -> AtticClient:
+    return AtticClient(
+        srv.url.replace("http://", "https://"), name="prod", token=lambda: token,
+        redactor=Redactor([token]), request_timeout=30,
+    )  # fmt: skip
+
+
+def test_uploads_over_tls_keep_their_connection(
+    tls_srv: tuple[AtticTestServer, Path],
+    store: Path,
+    token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    srv, cert = tls_srv
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # httpx's trust_env: the client's TLS context
+    paths = [make_path(store, f"tls{i}") for i in range(5)]
+    client = https_client(srv, token)
+
+    async def go(c: AtticClient) -> list[str]:
+        return [await upload(c, p) for p in paths]
+
+    assert run(client, go) == ["Uploaded"] * 5
+    assert lean(client).opened == 1
+    assert set(srv.objects("team")) == {p.hash_part for p in paths}
+
+
+def test_an_untrusted_certificate_is_refused(
+    tls_srv: tuple[AtticTestServer, Path], store: Path, token: str
+) -> None:
+    srv, _cert = tls_srv
+    p = make_path(store, "untrusted")
+    client = https_client(srv, token)
+
+    async def go(c: AtticClient) -> PushError:
+        with pytest.raises(PushError) as e:
+            await upload(c, p)
+        return e.value
+
+    err = run(client, go)
+    assert isinstance(err, ServerUnreachableError) and "CERTIFICATE_VERIFY_FAILED" in str(err)
+    assert not srv.objects("team")
