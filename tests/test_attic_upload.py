@@ -336,24 +336,39 @@ def test_a_silent_server_hits_the_read_timeout(
     assert type(err) is TransientError and "ReadTimeout" in str(err), err
 
 
-@pytest.fixture
-def tls_srv(srv: AtticTestServer, tmp_path: Path) -> Iterator[tuple[AtticTestServer, Path]]:
-    """``srv`` behind TLS: its listening socket wrapped with a self-signed certificate for
-    127.0.0.1 (made by openssl). Yields the server and the certificate (the client's CA)."""
+def self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1, made by openssl."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command (apt-get install openssl)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
+    return cert, key
+
+
+def wrap_tls(srv: AtticTestServer, cert: Path, key: Path, client_ca: Path | None = None) -> None:
+    """Put ``srv`` behind TLS: its listening socket wrapped (before any connection), with a
+    client certificate signed by ``client_ca`` required when given."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(client_ca))
     httpd = srv._httpd
     assert httpd is not None
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)  # before any connection
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+
+
+@pytest.fixture
+def tls_srv(srv: AtticTestServer, tmp_path: Path) -> Iterator[tuple[AtticTestServer, Path]]:
+    """``srv`` behind TLS with a self-signed certificate; yields it and the certificate (the
+    client's CA)."""
+    cert, key = self_signed(tmp_path, "server")
+    wrap_tls(srv, cert, key)
     yield srv, cert
 
 
@@ -398,3 +413,24 @@ def test_an_untrusted_certificate_is_refused(
     # Classified like the httpx path's failure: a configuration error naming the fix.
     assert isinstance(err, TlsConfigError) and "servers.prod.ca_file" in str(err), err
     assert not srv.objects("team")
+
+
+def test_uploads_with_a_client_certificate(
+    srv: AtticTestServer, store: Path, token: str, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path, "server")
+    client_cert, client_key = self_signed(tmp_path, "client")
+    wrap_tls(srv, cert, key, client_ca=client_cert)  # mTLS: the server wants our certificate
+    endpoint = srv.url.replace("http://", "https://")
+    tls = TlsConfig("prod", endpoint, ca_file=cert, client_cert=client_cert, client_key=client_key)
+    client = AtticClient(
+        endpoint, name="prod", token=lambda: token, redactor=Redactor([token]), tls=tls
+    )
+    paths = [make_path(store, f"mtls{i}") for i in range(3)]
+
+    async def go(c: AtticClient) -> list[str]:
+        return [await upload(c, p) for p in paths]
+
+    assert run(client, go) == ["Uploaded"] * 3
+    assert lean(client).opened == 1
+    assert set(srv.objects("team")) == {p.hash_part for p in paths}
