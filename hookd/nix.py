@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterable, Sequence
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,54 @@ class Nix:
             )
         return proc
 
+    def stream_lines(self, argv: Sequence[str], *, timeout: float | None = None) -> Iterator[str]:
+        """The non-empty lines of a nix command's stdout, one at a time (each at most 64 KiB),
+        for outputs too large to hold; killed at the timeout like every other call."""
+        argv = [self.exe(argv[0]), *argv[1:]]
+        limit = self.timeout if timeout is None else timeout
+        log.debug("nix.stream", argv=argv)
+        expired = threading.Event()
+        with tempfile.TemporaryFile() as err:
+            try:
+                child = subprocess.Popen(
+                    argv,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    errors="surrogateescape",
+                    env=self.env(),
+                )
+            except FileNotFoundError:
+                raise NixError(f"{argv[0]}: not found; install Nix or set nix.bin_dir") from None
+            self._lower_priority(child.pid)
+
+            def expire() -> None:
+                expired.set()
+                child.kill()
+
+            timer = threading.Timer(limit, expire)
+            timer.start()
+            try:
+                assert child.stdout is not None
+                while line := child.stdout.readline(1 << 16):
+                    if line := line.strip():
+                        yield line
+                returncode = child.wait()
+            finally:
+                timer.cancel()
+                if child.poll() is None:
+                    child.kill()
+                child.wait()
+                if child.stdout is not None:
+                    child.stdout.close()
+            if expired.is_set():
+                raise NixError(f"`{' '.join(argv[:3])} …` timed out after {limit:g} s")
+            if returncode != 0:
+                err.seek(0)
+                message = err.read(4096).decode("utf-8", "replace").strip()
+                raise NixError(f"`{' '.join(argv[:3])} …` failed ({returncode}): {message}")
+
     # -- queries ---------------------------------------------------------------------------
 
     def path_info(self, paths: Iterable[str], *, recursive: bool = False) -> list[PathInfo]:
@@ -192,12 +242,23 @@ class Nix:
         """All valid store paths registered at or after ``since`` (seconds since the epoch)."""
         # `--all --json` at once is the whole store's metadata in one string (190 MiB of RSS on
         # a developer's store): list the paths, then read their metadata a chunk at a time.
-        listing = self.run(["nix", "path-info", "--all"], timeout=max(self.timeout, 600))
-        paths = listing.split()
+        # Even the bare listing is tens of MiB on a large store: it is streamed, never held.
         found: list[PathInfo] = []
-        for i in range(0, len(paths), ARG_CHUNK):
-            chunk = self._path_info_chunk(paths[i : i + ARG_CHUNK], recursive=False)
-            found.extend(p for p in chunk if (p.registration_time or 0) >= since)
+        chunk: list[str] = []
+
+        def flush() -> None:
+            infos = self._path_info_chunk(chunk, recursive=False)
+            found.extend(p for p in infos if (p.registration_time or 0) >= since)
+            chunk.clear()
+
+        for path in self.stream_lines(
+            ["nix", "path-info", "--all"], timeout=max(self.timeout, 600)
+        ):
+            chunk.append(path)
+            if len(chunk) == ARG_CHUNK:
+                flush()
+        if chunk:
+            flush()
         return found
 
     # -- keys, signing, copying ------------------------------------------------------------
