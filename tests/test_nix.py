@@ -707,3 +707,30 @@ def test_nix_processes_run_at_the_configured_niceness(graph: Graph) -> None:
         raise AssertionError("no data")
 
     assert asyncio.run(asyncio.wait_for(go(), 20)) == [base + 1]
+
+
+@needs_nix
+def test_stream_lines_yields_what_run_prints_and_classifies_failures(graph: Any) -> None:
+    """`stream_lines` (used by backfill for the store's whole listing) gives the same lines as
+    the buffered call, one at a time, and turns a failing command into a NixError."""
+    nix = Nix()
+    argv = ["nix-store", "--query", "--requisites", graph.out("top")]
+    assert list(nix.stream_lines(argv)) == nix.run(argv).split()
+    with pytest.raises(NixError, match="failed"):
+        list(nix.stream_lines(["nix-store", "--query", "--requisites", "/nix/store/not-a-path"]))
+    # a consumer that stops early leaves no child behind (the generator kills it)
+    lines = nix.stream_lines(["nix", "path-info", "--all"])
+    assert next(lines).startswith(nix.store_dir())
+    lines.close()
+
+
+@needs_nix
+def test_paths_registered_since_reads_the_store_in_chunks(graph: Any) -> None:
+    """Backfill's scan: paths registered at or after a time, each with its metadata."""
+    nix = Nix()
+    [leaf] = nix.path_info([graph.out("leaf")])
+    assert leaf.registration_time is not None
+    since = nix.paths_registered_since(leaf.registration_time)
+    assert graph.out("leaf") in {p.path for p in since}
+    assert all((p.registration_time or 0) >= leaf.registration_time for p in since)
+    assert nix.paths_registered_since(time.time() + 3600) == []
