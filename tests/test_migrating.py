@@ -24,9 +24,11 @@ from tests.test_nix_modules import (
     NIX_INSTANTIATE,
     REPO,
     SOURCES,
+    evaluate_expr,
     hookd_parses,
     load_yaml,
     needs_trees,
+    nix_path,
 )
 
 DOC = REPO / "docs" / "migrating.md"
@@ -86,31 +88,10 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Any:
         listing.append({"kind": kind, "name": name, "file": str(path)})
     (d / "snippets.json").write_text(json.dumps(listing))
     expr = (
-        f"e: import (/. + {json.dumps(str(NIX_DIR / 'cases' / 'migrating.nix'))}) e "
-        f"(builtins.fromJSON (builtins.readFile (/. + {json.dumps(str(d / 'snippets.json'))})))"
+        f"e: import ({nix_path(NIX_DIR / 'cases' / 'migrating.nix')}) e "
+        f"(builtins.fromJSON (builtins.readFile ({nix_path(d / 'snippets.json')})))"
     )
-    proc = subprocess.run(
-        [
-            NIX_INSTANTIATE,
-            "--readonly-mode",
-            "--eval",
-            "--strict",
-            "--json",
-            str(NIX_DIR / "eval.nix"),
-            "--arg",
-            "sources",
-            f"/. + {json.dumps(str(SOURCES.resolve()))}",
-            "--arg",
-            "expr",
-            expr,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
+    return evaluate_expr(expr, "the migration snippets")
 
 
 def nix_conf(text: str) -> dict[str, str]:

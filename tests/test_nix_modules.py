@@ -92,8 +92,14 @@ def _nix_string(value: str) -> str:
     return json.dumps(value).replace("${", "\\${")
 
 
-def evaluate(case: str) -> Any:
-    """Evaluate tests/nix/cases/<case>.nix against the trees and return its JSON."""
+def nix_path(path: Path | str) -> str:
+    """A Nix path expression for an absolute path (any characters)."""
+    return f"/. + {_nix_string(str(path))}"
+
+
+def evaluate_expr(expr: str, what: str) -> Any:
+    """Evaluate ``expr`` (a function of tests/nix/eval.nix's helpers) against the module trees
+    and return its JSON; ``what`` names it in the failure."""
     assert NIX_INSTANTIATE
     cmd = [
         NIX_INSTANTIATE,
@@ -104,15 +110,21 @@ def evaluate(case: str) -> Any:
         str(NIX_DIR / "eval.nix"),
         "--arg",
         "sources",
-        f"/. + {_nix_string(str(SOURCES.resolve()))}",
+        nix_path(SOURCES.resolve()),
         "--arg",
         "expr",
-        f"import (/. + {_nix_string(str(NIX_DIR / 'cases' / f'{case}.nix'))})",
+        expr,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
-        pytest.fail(f"evaluating tests/nix/cases/{case}.nix failed:\n{proc.stderr[-4000:]}")
+        pytest.fail(f"evaluating {what} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout)
+
+
+def evaluate(case: str) -> Any:
+    """Evaluate tests/nix/cases/<case>.nix against the trees and return its JSON."""
+    path = NIX_DIR / "cases" / f"{case}.nix"
+    return evaluate_expr(f"import ({nix_path(path)})", f"tests/nix/cases/{case}.nix")
 
 
 CASES = ("nixos", "darwin", "home-manager", "templates", "flake")

@@ -32,7 +32,7 @@ from tests.conftest import (
     requisites,
     write_token,
 )
-from tests.test_nix_modules import NIX_DIR, NIX_INSTANTIATE, SOURCES, needs_trees
+from tests.test_nix_modules import evaluate_expr, needs_trees, nix_path
 
 pytestmark = [needs_nix, needs_trees, pytest.mark.nix]
 
@@ -68,29 +68,7 @@ in
 }
 """
     )
-    assert NIX_INSTANTIATE
-    proc = subprocess.run(
-        [
-            NIX_INSTANTIATE,
-            "--readonly-mode",
-            "--eval",
-            "--strict",
-            "--json",
-            str(NIX_DIR / "eval.nix"),
-            "--arg",
-            "sources",
-            f"/. + {json.dumps(str(SOURCES.resolve()))}",
-            "--arg",
-            "expr",
-            f"import (/. + {json.dumps(str(case))})",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict[str, Any] = json.loads(proc.stdout)
+    result: dict[str, Any] = evaluate_expr(f"import ({nix_path(case)})", "the host")
     return result
 
 
