@@ -111,14 +111,12 @@ class Nix:
                     child.communicate()
                     raise
         except subprocess.TimeoutExpired:
-            raise NixError(f"`{' '.join(argv[:3])} …` timed out after {limit:g} s") from None
+            raise _timed_out(argv, limit) from None
         except FileNotFoundError:
-            raise NixError(f"{argv[0]}: not found; install Nix or set nix.bin_dir") from None
+            raise _not_found(argv) from None
         proc = subprocess.CompletedProcess(argv, child.returncode, out, err)
         if check and proc.returncode != 0:
-            raise NixError(
-                f"`{' '.join(argv[:3])} …` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
-            )
+            raise _failed(argv, proc.returncode, proc.stderr.strip()[-2000:])
         return proc
 
     def stream_lines(self, argv: Sequence[str], *, timeout: float | None = None) -> Iterator[str]:
@@ -140,7 +138,7 @@ class Nix:
                     env=self.env(),
                 )
             except FileNotFoundError:
-                raise NixError(f"{argv[0]}: not found; install Nix or set nix.bin_dir") from None
+                raise _not_found(argv) from None
             self._lower_priority(child.pid)
 
             def expire() -> None:
@@ -163,11 +161,11 @@ class Nix:
                 if child.stdout is not None:
                     child.stdout.close()
             if expired.is_set():
-                raise NixError(f"`{' '.join(argv[:3])} …` timed out after {limit:g} s")
+                raise _timed_out(argv, limit)
             if returncode != 0:
                 err.seek(0)
                 message = err.read(4096).decode("utf-8", "replace").strip()
-                raise NixError(f"`{' '.join(argv[:3])} …` failed ({returncode}): {message}")
+                raise _failed(argv, returncode, message)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -396,6 +394,18 @@ def _small_nar(path: str, nar_hash: bytes, nar_size: int) -> bytes | None:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+def _not_found(argv: Sequence[str]) -> NixError:
+    return NixError(f"{argv[0]}: not found; install Nix or set nix.bin_dir")
+
+
+def _timed_out(argv: Sequence[str], limit: float) -> NixError:
+    return NixError(f"`{' '.join(argv[:3])} …` timed out after {limit:g} s")
+
+
+def _failed(argv: Sequence[str], returncode: int, stderr: str) -> NixError:
+    return NixError(f"`{' '.join(argv[:3])} …` failed ({returncode}): {stderr}")
 
 
 def path_info_entries(text: str) -> dict[str, dict[str, Any] | None]:
